@@ -1,0 +1,1 @@
+"""The florence-patch command line: thin typer wiring over the library."""
