@@ -216,6 +216,8 @@ def _execute(copy: RemoteCodeCopy, fixes: tuple[Fix, ...]) -> ApplyResult:
     if copy.kind is CopyKind.HUB and not copy.materialized:
         materialize([copy])
     ensure_writable(target)
+    for change in _plan(copy, fixes).changes:
+        ensure_writable(change.path)  # before the lock: a refused apply creates nothing
     with locked(target):
         plan = _plan(copy, fixes)  # again, under the lock: another process may have been first
         _raise_for_state(plan.status)
