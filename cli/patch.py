@@ -118,7 +118,7 @@ def apply(
     if verify:
         from .verify import run_verify_for_copies
 
-        run_verify_for_copies([p.copy for p in plans], fmt)
+        run_verify_for_copies([p.copy for p in plans if p.status.state is not CopyState.UNRECOGNIZED], fmt)
 
 
 def _raise_blocked(blocked, model) -> None:
