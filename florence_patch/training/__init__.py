@@ -1,0 +1,1 @@
+"""Fine-tuning and evaluation of Florence-2 on VQA-style data."""
