@@ -23,8 +23,8 @@ from .backups import FileRecord, Manifest, backup_path, now_iso, read_manifest, 
 from .discovery import MODELING_FILE, CopyKind, RemoteCodeCopy, installed_transformers_version
 from .errors import AccessError, ConflictError, FlorencePatchError, UnrecognizedError
 from .fixes import OUTPUT_CLASS_FIX, Fix, FixOutcome, select_fixes
-from .fixes.base import run_fixes
 from .locations import CacheLocations
+from .outcome_cache import OUTCOMES
 from .safe_io import atomic_write, ensure_writable, locked, sha256_bytes, state_dir
 
 _BOM = b"\xef\xbb\xbf"
@@ -108,21 +108,40 @@ def _encode(text: str, like: bytes) -> bytes:
     return (_BOM if like.startswith(_BOM) else b"") + text.encode("utf-8")
 
 
-_RUN_MEMO: dict[tuple[str, tuple[str, ...]], tuple[str, tuple]] = {}
+_FINAL_CODE: dict[tuple[str, tuple[str, ...]], str] = {}
 
 
-def _run_memoized(data: bytes, text: str, fixes: tuple[Fix, ...]):
-    """run_fixes, memoized on the file's sha256: caches hold many copies of the same few revisions."""
-    key = (sha256_bytes(data), tuple(f.id for f in fixes))
-    if key not in _RUN_MEMO:
-        final, outcomes = run_fixes(text, fixes)
-        _RUN_MEMO[key] = (final, tuple(outcomes))
-    return _RUN_MEMO[key]
+def _outcomes(
+    data: bytes, text: str, fixes: tuple[Fix, ...], *, render: bool
+) -> tuple[str | None, list[tuple[FixOutcome, str]]]:
+    """Run ``fixes`` on one file: (final code or None when not rendered, per-fix (outcome, reason)).
+
+    Outcomes come from the persistent cache when this content was seen before; the codemods (and
+    libcst) only run on a miss, or when the new code itself is needed.
+    """
+    fix_ids = tuple(f.id for f in fixes)
+    content_sha = sha256_bytes(data)
+    key = OUTCOMES.key(content_sha, fix_ids)
+    cached = OUTCOMES.get(key)
+    needs_code = render and (cached is None or any(o is FixOutcome.NEEDED for o, _ in cached))
+    if cached is not None and not needs_code:
+        return (text if render else None), cached
+    if (content_sha, fix_ids) not in _FINAL_CODE or cached is None:
+        from .fixes.base import run_fixes  # imports libcst: only on a cache miss
+
+        final, results = run_fixes(text, fixes)
+        cached = [(r.outcome, r.reason) for r in results]
+        OUTCOMES.put(key, cached)
+        _FINAL_CODE[(content_sha, fix_ids)] = final
+    return _FINAL_CODE[(content_sha, fix_ids)], cached
 
 
-def _run_fixes(copy: RemoteCodeCopy, fixes: tuple[Fix, ...]) -> dict[str, tuple[bytes, bytes, list[str]]]:
-    """Run ``fixes`` on the bytes transformers will import; return per-file (old, new, fix ids).
+def _run_fixes(
+    copy: RemoteCodeCopy, fixes: tuple[Fix, ...], *, render: bool = True
+) -> dict[str, tuple[bytes, bytes | None, list[str]]]:
+    """Run ``fixes`` on the bytes transformers will import; per file (old, new, fix ids needed).
 
+    ``new`` is None when ``render`` is False (status only needs the outcomes).
     Raises UnrecognizedError when a file is not Florence-2 or has a shape we do not know.
     """
     read_dir = copy.read_dir
@@ -135,32 +154,37 @@ def _run_fixes(copy: RemoteCodeCopy, fixes: tuple[Fix, ...]) -> dict[str, tuple[
     if OUTPUT_CLASS_FIX not in fixes:
         # The output class is what makes a file Florence-2 for us: check it even when not applying it.
         data = modeling.read_bytes()
-        _, (outcome,) = _run_memoized(data, _decode(modeling, data), (OUTPUT_CLASS_FIX,))
+        _, (outcome,) = _outcomes(data, _decode(modeling, data), (OUTPUT_CLASS_FIX,), render=False)
         _raise_unrecognized(modeling, OUTPUT_CLASS_FIX, outcome)
-    results: dict[str, tuple[bytes, bytes, list[str]]] = {}
-    for filename, file_fixes in by_file.items():
-        path = read_dir / filename
-        if not path.is_file():
-            continue
-        data = path.read_bytes()
-        final, outcomes = _run_memoized(data, _decode(path, data), tuple(file_fixes))
-        for fix, outcome in zip(file_fixes, outcomes):
-            _raise_unrecognized(path, fix, outcome)
-        applied = [fix.id for fix, outcome in zip(file_fixes, outcomes) if outcome.outcome is FixOutcome.NEEDED]
-        results[filename] = (data, _encode(final, data) if applied else data, applied)
+    results: dict[str, tuple[bytes, bytes | None, list[str]]] = {}
+    try:
+        for filename, file_fixes in by_file.items():
+            path = read_dir / filename
+            if not path.is_file():
+                continue
+            data = path.read_bytes()
+            final, outcomes = _outcomes(data, _decode(path, data), tuple(file_fixes), render=render)
+            for fix, outcome in zip(file_fixes, outcomes):
+                _raise_unrecognized(path, fix, outcome)
+            applied = [fix.id for fix, (outcome, _) in zip(file_fixes, outcomes) if outcome is FixOutcome.NEEDED]
+            new = None if final is None else (_encode(final, data) if applied else data)
+            results[filename] = (data, new, applied)
+    finally:
+        OUTCOMES.save()
     return results
 
 
-def _raise_unrecognized(path: Path, fix: Fix, outcome) -> None:
-    if outcome.outcome is FixOutcome.UNRECOGNIZED:
-        raise UnrecognizedError(f"{path}: {fix.id}: {outcome.reason}")
-    if fix is OUTPUT_CLASS_FIX and outcome.outcome is FixOutcome.ABSENT:
-        raise UnrecognizedError(f"{path}: not Florence-2 remote code ({outcome.reason})")
+def _raise_unrecognized(path: Path, fix: Fix, result: tuple[FixOutcome, str]) -> None:
+    outcome, reason = result
+    if outcome is FixOutcome.UNRECOGNIZED:
+        raise UnrecognizedError(f"{path}: {fix.id}: {reason}")
+    if fix is OUTPUT_CLASS_FIX and outcome is FixOutcome.ABSENT:
+        raise UnrecognizedError(f"{path}: not Florence-2 remote code ({reason})")
 
 
 def assess(copy: RemoteCodeCopy, fixes: tuple[Fix, ...] | None = None) -> CopyStatus:
     """The state of one copy for the given fixes (default: what the installed transformers needs)."""
-    return _plan(copy, fixes).status
+    return _plan(copy, fixes, render=False).status
 
 
 def plan_fix(copy: RemoteCodeCopy, fixes: tuple[Fix, ...] | None = None) -> PatchPlan:
@@ -168,7 +192,7 @@ def plan_fix(copy: RemoteCodeCopy, fixes: tuple[Fix, ...] | None = None) -> Patc
     return _plan(copy, fixes)
 
 
-def _plan(copy: RemoteCodeCopy, fixes: tuple[Fix, ...] | None) -> PatchPlan:
+def _plan(copy: RemoteCodeCopy, fixes: tuple[Fix, ...] | None, *, render: bool = True) -> PatchPlan:
     fixes = select_fixes(installed_transformers_version()) if fixes is None else fixes
     try:
         manifest = read_manifest(copy.target_dir)
@@ -183,15 +207,15 @@ def _plan(copy: RemoteCodeCopy, fixes: tuple[Fix, ...] | None) -> PatchPlan:
                 reason = f"{name} changed since florence-patch patched it (sha256 {current[:12]}…)"
                 return PatchPlan(CopyStatus(copy, CopyState.MODIFIED, applied=applied, reason=reason), fixes, ())
     try:
-        results = _run_fixes(copy, fixes)
+        results = _run_fixes(copy, fixes, render=render)
     except UnrecognizedError as error:
         return PatchPlan(CopyStatus(copy, CopyState.UNRECOGNIZED, applied=applied, reason=str(error)), fixes, ())
+    pending = tuple(fid for _, _, ids in results.values() for fid in ids)
     changes = tuple(
         FileChange(name, copy.target_dir / name, old, new, tuple(ids))
         for name, (old, new, ids) in results.items()
-        if ids
+        if ids and new is not None
     )
-    pending = tuple(fid for change in changes for fid in change.fixes)
     if pending:
         state = CopyState.NEEDS_FIX
     elif manifest is not None and any(
@@ -302,8 +326,20 @@ def revert(copy: RemoteCodeCopy, *, force: bool = False) -> RevertResult:
 
 
 _MATERIALIZE_SCRIPT = r"""
-import json, sys
-from transformers.dynamic_module_utils import get_cached_module_file
+import importlib.util, json, sys
+import transformers.dynamic_module_utils as dmu
+
+def check_imports_by_spec(filename):
+    # transformers imports every package the file imports (torch, timm, ...) to check it is
+    # installed: seconds, and irrelevant to where the copy goes. find_spec checks the same thing.
+    missing = [imp for imp in dmu.get_imports(filename) if importlib.util.find_spec(imp) is None]
+    if missing:
+        raise ImportError("This modeling file requires the following packages that were not found "
+                          "in your environment: " + ", ".join(missing))
+    return dmu.get_relative_imports(filename)
+
+dmu.check_imports = check_imports_by_spec
+get_cached_module_file = dmu.get_cached_module_file
 for item in json.loads(sys.argv[1]):
     for name in item["files"]:
         get_cached_module_file(item["repo_id"], name, cache_dir=item["cache_dir"],

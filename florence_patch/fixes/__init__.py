@@ -9,14 +9,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from ..errors import UsageError
-from .base import Fix, FixOutcome, FixResult, UnrecognizedCode
-from .output_class import AddLossLogitsToOutput
+from .spec import Fix, FixOutcome, FixResult, UnrecognizedCode
 
 OUTPUT_CLASS_FIX = Fix(
     id="output-class",
     description="Florence2Seq2SeqLMOutput gains loss/logits (first) and image_hidden_states (last)",
     filename="modeling_florence2.py",
-    codemod=AddLossLogitsToOutput,
+    codemod=".output_class:AddLossLogitsToOutput",
 )
 
 ALL_FIXES: tuple[Fix, ...] = (OUTPUT_CLASS_FIX,)

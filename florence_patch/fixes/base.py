@@ -19,31 +19,13 @@ top-level classes/functions they need in ``SCOPE``; the others are not descended
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from enum import Enum
 
 import libcst as cst
 from libcst.codemod import CodemodContext, SkipFile, VisitorBasedCodemodCommand
 from libcst.codemod.visitors import AddImportsVisitor
-from packaging.version import Version
 
 
-class UnrecognizedCode(Exception):
-    """The fix's target exists in the file but not in a shape we know how to rewrite."""
-
-
-class FixOutcome(str, Enum):
-    NEEDED = "needed"  # the codemod changes the file
-    PRESENT = "present"  # target found, fix already there
-    ABSENT = "absent"  # target not in this file (SkipFile)
-    UNRECOGNIZED = "unrecognized"  # target found in an unknown shape, or the file does not parse
-
-
-@dataclass(frozen=True)
-class FixResult:
-    outcome: FixOutcome
-    code: str  # the module after the fix (== input unless outcome is NEEDED)
-    reason: str = ""
+from .spec import Fix, FixOutcome, FixResult, UnrecognizedCode  # noqa: E402  (re-exported)
 
 
 class FlorenceCodemod(VisitorBasedCodemodCommand):
@@ -65,36 +47,6 @@ class FlorenceCodemod(VisitorBasedCodemodCommand):
         ):
             return False
         return super().on_visit(node)
-
-
-@dataclass(frozen=True)
-class Fix:
-    """One registered fix.
-
-    ``min_transformers``/``max_transformers`` bound the installed transformers versions that
-    need it: needed when ``min <= installed < max`` (either bound may be None).
-    """
-
-    id: str
-    description: str
-    filename: str  # "modeling_florence2.py" | "configuration_florence2.py" | "processing_florence2.py"
-    codemod: type[VisitorBasedCodemodCommand]
-    min_transformers: str | None = None
-    max_transformers: str | None = None
-
-    def needed_on(self, transformers_version: str) -> bool:
-        v = Version(transformers_version)
-        if self.min_transformers is not None and v < Version(self.min_transformers):
-            return False
-        if self.max_transformers is not None and v >= Version(self.max_transformers):
-            return False
-        return True
-
-    def run(self, code: str) -> FixResult:
-        """Run this fix alone on ``code`` (a str: libcst keeps its line endings)."""
-        final, results = run_fixes(code, [self])
-        result = results[0]
-        return FixResult(result.outcome, final if result.outcome is FixOutcome.NEEDED else code, result.reason)
 
 
 def _syntax_reason(error: Exception) -> str:
@@ -157,7 +109,7 @@ def run_fixes(code: str, fixes: Sequence[Fix]) -> tuple[str, list[FixResult]]:
     any_change = False
     for fix in fixes:
         context = CodemodContext()
-        command = fix.codemod(context)
+        command = fix.codemod_class(context)
         try:
             new_tree = tree.visit(command)
             new_tree = _apply_requested_imports(new_tree, context)
