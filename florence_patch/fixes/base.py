@@ -24,26 +24,34 @@ import libcst as cst
 from libcst.codemod import CodemodContext, SkipFile, VisitorBasedCodemodCommand
 from libcst.codemod.visitors import AddImportsVisitor
 
-
-from .spec import Fix, FixOutcome, FixResult, UnrecognizedCode  # noqa: E402  (re-exported)
+from .spec import Fix, FixOutcome, FixResult, UnrecognizedCode  # noqa: F401  (re-exported)
 
 
 class FlorenceCodemod(VisitorBasedCodemodCommand):
-    """A codemod that only descends into the top-level classes/functions named in ``SCOPE``.
+    """A codemod that only descends where it needs to.
 
-    ``SCOPE = None`` visits everything (fine for small files, slow for the modeling file).
+    ``SCOPE``: the top-level classes/functions it descends into (None: all).
+    ``METHODS``: within those classes, the methods it descends into (None: all). A fix that
+    works on class bases or attributes, or on one method, skips the rest of a 500-line class.
     """
 
     SCOPE: frozenset[str] | None = None
+    METHODS: frozenset[str] | None = None
 
     def on_visit(self, node: cst.CSTNode) -> bool:
         if isinstance(node, cst.Module):
             self._top_level = {id(statement) for statement in node.body}
+            self._methods: set[int] = set()
+        elif isinstance(node, (cst.ClassDef, cst.FunctionDef)) and id(node) in self._top_level:
+            if self.SCOPE is not None and node.name.value not in self.SCOPE:
+                return False
+            if isinstance(node, cst.ClassDef) and isinstance(node.body, cst.IndentedBlock):
+                self._methods.update(id(s) for s in node.body.body if isinstance(s, cst.FunctionDef))
         elif (
-            self.SCOPE is not None
-            and isinstance(node, (cst.ClassDef, cst.FunctionDef))
-            and id(node) in self._top_level
-            and node.name.value not in self.SCOPE
+            self.METHODS is not None
+            and isinstance(node, cst.FunctionDef)
+            and id(node) in self._methods
+            and node.name.value not in self.METHODS
         ):
             return False
         return super().on_visit(node)
