@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from . import patch, verify
+from . import demo, patch, train, verify
 from .output import guarded
 
 app = typer.Typer(
@@ -39,6 +39,9 @@ app.command()(guarded(patch.status))
 app.command()(guarded(patch.apply))
 app.command()(guarded(patch.revert))
 app.command()(guarded(verify.verify))
+app.command()(guarded(demo.demo))
+app.command()(guarded(train.train))
+app.command()(guarded(train.eval))
 
 
 def main() -> None:

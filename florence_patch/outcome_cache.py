@@ -13,11 +13,11 @@ import contextlib
 import functools
 import hashlib
 import json
+import os
 from pathlib import Path
 
 from . import __version__
 from .fixes.spec import FixOutcome
-from .locations import hf_home
 from .safe_io import atomic_write
 
 MAX_ENTRIES = 1024
@@ -33,7 +33,11 @@ def fixes_digest() -> str:
 
 
 def cache_path() -> Path:
-    return hf_home() / "florence-patch" / "fix-outcomes.json"
+    """Outside the HF caches, so `apply --check`/`--dry-run` leave those trees byte-identical."""
+    if os.environ.get("FLORENCE_PATCH_CACHE_DIR"):
+        return Path(os.environ["FLORENCE_PATCH_CACHE_DIR"]).expanduser() / "fix-outcomes.json"
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(xdg) / "florence-patch" / "fix-outcomes.json"
 
 
 class OutcomeCache:

@@ -20,7 +20,8 @@ REPO_ID = "florence-patch/florence-2-tiny"
 
 
 @pytest.fixture(autouse=True)
-def _offline(monkeypatch):
+def _offline(monkeypatch, tmp_path_factory):
+    monkeypatch.setenv("FLORENCE_PATCH_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "florence-patch-cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
