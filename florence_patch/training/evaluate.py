@@ -308,6 +308,9 @@ def evaluate(config) -> EvalResult:
     # already ran threads here would be switched to serial there, with a warning per worker.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     started = time.perf_counter()
+    from florence_patch.training.model import cap_cpu_threads
+
+    cap_cpu_threads(0)
     dataset = limit_rows(
         load_vqa_split(
             config.dataset,

@@ -347,3 +347,20 @@ __all__ = [
     "merge_lora",
     "register_for_saving",
 ]
+
+
+def cap_cpu_threads(num_workers: int) -> None:
+    """On CPU, leave one core per DataLoader worker: oversubscribed cores made training ~5x slower.
+
+    Measured on 2 cores: 30 steps of the demo model took 103 s with 2 torch threads and 2 workers,
+    20 s with 1 thread and 1 worker. GPU runs are left alone (the CPU only feeds the device there).
+    """
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    cores = os.cpu_count() or 1
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))  # torchrun: processes share the cores
+    threads = max(1, cores // local - num_workers)
+    if threads < torch.get_num_threads():
+        torch.set_num_threads(threads)

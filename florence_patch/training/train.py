@@ -260,12 +260,13 @@ def train(config: TrainConfig) -> TrainResult:
     from transformers import set_seed
 
     from florence_patch.training.data import Florence2VQACollator
-    from florence_patch.training.model import code_directory, merge_lora
+    from florence_patch.training.model import cap_cpu_threads, code_directory, merge_lora
 
     # Pages are tokenised in DataLoader workers forked from this process; a tokenizer that
     # already ran threads here would be switched to serial there, with a warning per worker.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     started = time.perf_counter()
+    cap_cpu_threads(config.num_workers)
     args = to_training_arguments(config)
     configure_logging(args)
     resume_from = checkpoint_to_resume(config)
