@@ -17,6 +17,7 @@ import libcst.matchers as m
 from libcst.codemod import SkipFile
 
 from ._cst import base_names, body_statements, insert_import_after_imports, module_binds_name
+from .output_class import _field_name
 from .base import FlorenceCodemod, UnrecognizedCode
 
 OUTPUT_CLASS = "Florence2Seq2SeqLMOutput"
@@ -40,12 +41,6 @@ INHERITED_FIELDS = frozenset(
 )
 # Declaring either of these shadows the base's cache handling (5.x renames the keyword).
 CACHE_FIELDS = frozenset({"past_key_values", "cache"})
-
-
-def _field_name(statement: cst.BaseStatement) -> str | None:
-    if m.matches(statement, m.SimpleStatementLine(body=[m.AnnAssign(target=m.Name())])):
-        return statement.body[0].target.value  # type: ignore[attr-defined,union-attr]
-    return None
 
 
 class DeriveOutputFromSeq2SeqLMOutput(FlorenceCodemod):
