@@ -13,7 +13,7 @@ def demo(
         Optional[Path],
         typer.Option("--workdir", help="Keep everything here for reuse: DIR/hf (HF_HOME), DIR/data, DIR/run. Default: a temp dir."),
     ] = None,
-    steps: Annotated[int, typer.Option("--steps", min=1, help="Training steps.")] = 240,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Training steps.")] = 300,
 ) -> None:
     """The whole loop offline on a tiny checkpoint and synthetic pages: status, apply, verify, train, eval, revert."""
     from florence_patch.demo.run import DemoSettings, run_demo

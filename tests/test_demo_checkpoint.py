@@ -16,8 +16,10 @@ import pytest
 
 from florence_patch.demo.checkpoint import (
     CODE_FILES,
+    D_MODEL,
     DEMO_REPO_ID,
     IMAGE_SEQ_LENGTH,
+    IMAGE_SIZE,
     PROCESSOR_ADDED_TOKENS,
     REVISION_STATES,
     build_demo_repo,
@@ -322,7 +324,7 @@ def test_fixture_on_transformers_449_needs_only_the_output_fix(tmp_path):
     assert result["transformers"] == "4.49.0"
     assert result["missing_keys"] == [] and result["unexpected_keys"] == []
     assert result["vocab_matches"]
-    assert result["pixel_values_shape"] == [2, 3, 128, 128]
+    assert result["pixel_values_shape"] == [2, 3, IMAGE_SIZE, IMAGE_SIZE]
     assert result["prompt"] == "<s><DocVQA>What is the total?</s>"  # '<DocVQA>' is not a task the processor rewrites
     assert result["post_processed"] == {"<DocVQA>": "12.50"}
     # the bug the output-class fix repairs, exactly as upstream shows it
@@ -331,7 +333,7 @@ def test_fixture_on_transformers_449_needs_only_the_output_fix(tmp_path):
 
     assert math.isfinite(result["fixed_loss"]) and result["fixed_loss"] > 0
     assert result["fixed_logits_shape"][0] == 2 and result["fixed_logits_shape"][-1] > 1000
-    assert result["fixed_image_hidden_states_shape"] == [2, IMAGE_SEQ_LENGTH, 128]
+    assert result["fixed_image_hidden_states_shape"] == [2, IMAGE_SEQ_LENGTH, D_MODEL]
     assert all(norm is not None and norm > 0 for norm in result["grad_norms"].values()), result["grad_norms"]
     assert result["fixed_generate_shape"][0] == 2
     assert all(start == [2, 0] for start in result["fixed_generated_starts"])  # decoder start, then forced <s>

@@ -43,21 +43,23 @@ REVISION_STATES = ("needs-fix", "fixed-upstream", "generation-mixin")
 CODE_FILES = ("configuration_florence2.py", "modeling_florence2.py", "processing_florence2.py")
 
 # ---------------------------------------------------------------------------------------------
-# Sizes. Image 128 px -> strides 4, 2, 2 -> an 8x8 grid: 64 grid tokens + 1 pooled token.
+# Sizes, chosen so that 300 steps of batch 8 on one CPU core (about 50 s of CPU time) memorise
+# the answers of some 40 synthetic DocVQA questions. Image 128 px -> patch strides 8, 2, 2 -> a
+# 4x4 grid: 16 grid tokens + 1 pooled token in front of the prompt.
 # ---------------------------------------------------------------------------------------------
 IMAGE_SIZE = 128
 D_MODEL = 96
 VISION_CONFIG = {
     "model_type": "davit",
     "drop_path_rate": 0.0,
-    "patch_size": [7, 3, 3],
-    "patch_stride": [4, 2, 2],
-    "patch_padding": [3, 1, 1],
+    "patch_size": [8, 3, 3],
+    "patch_stride": [8, 2, 2],
+    "patch_padding": [0, 1, 1],
     "patch_prenorm": [False, True, True],
     "enable_checkpoint": False,
-    "dim_embed": [16, 32, 64],
-    "num_heads": [1, 2, 4],
-    "num_groups": [1, 2, 4],
+    "dim_embed": [32, 64, 96],
+    "num_heads": [2, 4, 4],
+    "num_groups": [2, 4, 4],
     "depths": [1, 1, 1],
     "window_size": 4,
     "projection_dim": D_MODEL,
@@ -71,7 +73,9 @@ TEXT_LAYERS = 2
 TEXT_HEADS = 4
 TEXT_FFN_DIM = 192
 MAX_POSITION_EMBEDDINGS = 256
-INIT_STD = 0.02
+# About 1/sqrt(D_MODEL). BART's 0.02 suits d_model 1024; at this width it leaves the decoder
+# ignoring the encoder for hundreds of steps (measured: 2/40 answers memorised vs 31-33/40).
+INIT_STD = 0.1
 
 # Tokens the processor adds on top of the trained vocabulary (its NUM_LOC_TOKENS is 100):
 # 4 OD/OCR tags + 100 <loc_N> + 20 other task tags.

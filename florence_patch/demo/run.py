@@ -22,12 +22,12 @@ DEMO_STEPS = 8
 
 @dataclass(frozen=True)
 class DemoSettings:
-    train_rows: int = 24
+    train_rows: int = 40
     validation_rows: int = 12
     test_rows: int = 6
-    max_steps: int = 240
+    max_steps: int = 300
     batch_size: int = 8
-    lr: float = 1e-3
+    lr: float = 2e-3
     seed: int = 0
 
 
