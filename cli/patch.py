@@ -12,6 +12,14 @@ from .output import emit, info, warn
 STATUS_COLUMNS = ("model", "revision", "commit", "state", "pending", "path", "backup")
 
 
+def _short_list(ids, shown: int = 2) -> str:
+    """A table cell for a list of fix ids: the first few and a count (JSON carries them all)."""
+    if not ids:
+        return "-"
+    rest = len(ids) - shown
+    return ",".join(ids[:shown]) + (f" +{rest} more" if rest > 0 else "")
+
+
 def _status_row(status) -> dict:
     copy = status.copy
     path = copy.target_dir if copy.materialized else copy.read_dir
@@ -23,7 +31,7 @@ def _status_row(status) -> dict:
         "commit_full": copy.commit,
         "refs": list(copy.refs),
         "state": status.state.value,
-        "pending": ",".join(status.pending) or "-",
+        "pending": _short_list(status.pending),
         "pending_fixes": list(status.pending),
         "applied_fixes": list(status.applied),
         "path": str(path) + ("" if copy.materialized or copy.kind.value == "local" else "  (not imported yet)"),
