@@ -19,9 +19,9 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 
-from .backups import FileRecord, Manifest, backup_path, now_iso, read_manifest, write_manifest
+from .backups import FileRecord, Manifest, backup_path, manifest_path, now_iso, read_manifest, write_manifest
 from .discovery import MODELING_FILE, CopyKind, RemoteCodeCopy, installed_transformers_version
-from .errors import AccessError, ConflictError, FlorencePatchError, UnrecognizedError
+from .errors import ConflictError, FlorencePatchError, UnrecognizedError
 from .fixes import OUTPUT_CLASS_FIX, Fix, FixOutcome, select_fixes
 from .locations import CacheLocations
 from .outcome_cache import OUTCOMES
@@ -303,7 +303,7 @@ def revert(copy: RemoteCodeCopy, *, force: bool = False) -> RevertResult:
         restores: list[tuple[Path, bytes]] = []
         for name, record in manifest.files.items():
             path = target / name
-            backup = target / ".florence-patch" / record.backup
+            backup = state_dir(target) / record.backup
             try:
                 original = backup.read_bytes()
             except FileNotFoundError as error:
@@ -321,7 +321,7 @@ def revert(copy: RemoteCodeCopy, *, force: bool = False) -> RevertResult:
             atomic_write(path, original)
         for name, record in manifest.files.items():
             (state_dir(target) / record.backup).unlink(missing_ok=True)
-        (state_dir(target) / "manifest.json").unlink()
+        manifest_path(target).unlink()
     return RevertResult(copy, tuple(path.name for path, _ in restores))
 
 
@@ -399,7 +399,6 @@ def apply_all(plans: list[PatchPlan]) -> list[ApplyResult]:
 
 
 __all__ = [
-    "AccessError",
     "ApplyResult",
     "CopyState",
     "CopyStatus",
