@@ -28,8 +28,9 @@ def test_demo_runs_offline_learns_and_leaves_the_user_cache_alone(tmp_path):
     assert "forced_bos_token_id" in out or "unexpected keyword argument 'loss'" in out  # what a user hits
     assert "verify after apply: passed" in out
     before, after = map(float, re.search(r"ANLS on training pages:\s+([\d.]+) -> ([\d.]+)", out).groups())
-    # Measured 0.000 -> 0.850 on 2 cores (issue #3 asks for 0.9: see the closing note); 0.5 still
-    # proves labels, loss and decoding line up (an unlearned model scores ~0 on these pages).
+    # Measured 0.000 -> 0.900 in 146 s on 2 cores (issue #3 asks for >= 0.9); the bound is lower so a
+    # slower or differently-rounded machine does not flake; 0.5 still proves labels, loss and decoding
+    # line up (an unlearned model scores ~0 on these pages).
     assert after >= 0.5 and after > before
     assert re.search(r"ANLS on validation pages:\s+[\d.]+ -> [\d.]+", out)
     assert "reverted: yes" in out

@@ -22,7 +22,7 @@ DEMO_STEPS = 8
 
 @dataclass(frozen=True)
 class DemoSettings:
-    train_rows: int = 40
+    train_rows: int = 20
     validation_rows: int = 12
     test_rows: int = 6
     max_steps: int = 300
