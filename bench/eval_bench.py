@@ -23,7 +23,6 @@ identical, so a speed-up that changed the answers shows.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import subprocess

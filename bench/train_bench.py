@@ -24,7 +24,6 @@ Each pair gives a ratio ours / baseline. Then ``ours`` runs once more with
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import sys

@@ -13,7 +13,6 @@ This rewrites the same class as the output-class fix; the two compose in either 
 from __future__ import annotations
 
 import libcst as cst
-import libcst.matchers as m
 from libcst.codemod import SkipFile
 
 from ._cst import base_names, body_statements, insert_import_after_imports, module_binds_name
