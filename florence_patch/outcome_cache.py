@@ -1,10 +1,16 @@
-"""A small persistent cache of fix outcomes, keyed by file content.
+"""A small persistent cache of fix outcomes and fixed code, keyed by file content.
 
-Parsing the 2,840-line modeling file with libcst costs about half a second and importing libcst
-about one; a cache holds many copies of the same few revisions, and `status` runs often (a CI
-gate, every torchrun rank). Outcomes depend only on the file's bytes and the fix code, so the key
-is sha256(file) + fix ids + a digest of the fixes package's own source: editing a codemod
-invalidates every entry. A lost entry only costs a re-parse, so concurrent writers need no lock.
+Parsing the 2,840-line modeling file with libcst and running every codemod on it costs seconds
+on a small machine, and importing libcst about one more; a cache holds many copies of the same
+few revisions, and `status` runs often (a CI gate, every torchrun rank). Outcomes depend only on
+the file's bytes and the fix code, so the key is sha256(file) + fix ids + a digest of the fixes
+package's own source: editing a codemod invalidates every entry.
+
+Each entry holds the per-fix outcomes and, when the fixes change the file, the sha256 of the
+fixed code, which is kept beside the index as ``rendered/<sha256>.py``: `status` renders it
+anyway, and `apply` then writes it without running libcst again. A rendered file is only used
+when its bytes still hash to the recorded sha256. A lost entry only costs a re-parse, so
+concurrent writers need no lock.
 """
 
 from __future__ import annotations
@@ -14,13 +20,17 @@ import functools
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 
 from . import __version__
 from .fixes.spec import FixOutcome
-from .safe_io import atomic_write
+from .safe_io import atomic_write, sha256_bytes
 
 MAX_ENTRIES = 1024
+MAX_RENDERED = 64  # fixed files kept (about 130 kB each for the modeling file)
+
+Outcomes = list[tuple[FixOutcome, str]]
 
 
 @functools.lru_cache(maxsize=1)
@@ -32,52 +42,111 @@ def fixes_digest() -> str:
     return digest.hexdigest()[:16]
 
 
-def cache_path() -> Path:
+def cache_dir() -> Path:
     """Outside the HF caches, so `apply --check`/`--dry-run` leave those trees byte-identical."""
     if os.environ.get("FLORENCE_PATCH_CACHE_DIR"):
-        return Path(os.environ["FLORENCE_PATCH_CACHE_DIR"]).expanduser() / "fix-outcomes.json"
+        return Path(os.environ["FLORENCE_PATCH_CACHE_DIR"]).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(xdg) / "florence-patch" / "fix-outcomes.json"
+    return Path(xdg) / "florence-patch"
+
+
+def cache_path() -> Path:
+    return cache_dir() / "fix-outcomes.json"
+
+
+def outcomes_after(outcomes: Outcomes) -> Outcomes:
+    """The outcomes the same fixes have on the code they produced: what they changed is now present.
+
+    Every codemod leaves code that already has its fix unchanged (the registry's contract, tested
+    per fix and, for the whole chain, in tests/test_outcome_cache.py), so a freshly patched file
+    needs no second libcst run to be reported as patched.
+    """
+    return [(FixOutcome.PRESENT, "") if outcome is FixOutcome.NEEDED else (outcome, reason) for outcome, reason in outcomes]
 
 
 class OutcomeCache:
     def __init__(self) -> None:
-        self._entries: dict[str, list[list[str]]] | None = None
+        self._entries: dict[str, dict] | None = None
         self._dirty = False
 
-    def _load(self) -> dict[str, list[list[str]]]:
+    def _load(self) -> dict[str, dict]:
         if self._entries is None:
             try:
-                self._entries = json.loads(cache_path().read_text(encoding="utf-8"))
+                loaded = json.loads(cache_path().read_text(encoding="utf-8"))
             except (OSError, ValueError):
-                self._entries = {}
+                loaded = {}
+            # Entries of another layout (an older florence-patch) are dropped, not misread.
+            self._entries = {k: v for k, v in loaded.items() if isinstance(v, dict) and "outcomes" in v} if isinstance(loaded, dict) else {}
         return self._entries
 
     @staticmethod
     def key(content_sha: str, fix_ids: tuple[str, ...]) -> str:
         return f"{content_sha}|{','.join(fix_ids)}|{fixes_digest()}"
 
-    def get(self, key: str) -> list[tuple[FixOutcome, str]] | None:
+    def get(self, key: str) -> Outcomes | None:
         entry = self._load().get(key)
         if entry is None:
             return None
-        return [(FixOutcome(outcome), reason) for outcome, reason in entry]
+        try:
+            return [(FixOutcome(outcome), reason) for outcome, reason in entry["outcomes"]]
+        except (TypeError, ValueError):
+            return None
 
-    def put(self, key: str, outcomes: list[tuple[FixOutcome, str]]) -> None:
+    def put(self, key: str, outcomes: Outcomes, *, rendered: str | None = None) -> None:
+        """Record ``outcomes`` (and the fixed code, when the fixes changed the file)."""
         entries = self._load()
-        entries[key] = [[outcome.value, reason] for outcome, reason in outcomes]
+        entry: dict = {"outcomes": [[outcome.value, reason] for outcome, reason in outcomes]}
+        if rendered is not None:
+            data = rendered.encode("utf-8")
+            sha = sha256_bytes(data)
+            with contextlib.suppress(OSError):
+                path = self._rendered_path(sha)
+                if not path.is_file():
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    atomic_write(path, data)
+                entry["rendered"] = sha
+        entries.pop(key, None)  # re-inserted last: eviction drops the oldest first
+        entries[key] = entry
         while len(entries) > MAX_ENTRIES:
             entries.pop(next(iter(entries)))
         self._dirty = True
+
+    def get_rendered(self, key: str) -> str | None:
+        """The fixed code recorded for ``key``, if still on disk and intact."""
+        entry = self._load().get(key)
+        sha = entry.get("rendered") if entry else None
+        if not sha:
+            return None
+        try:
+            data = self._rendered_path(sha).read_bytes()
+        except OSError:
+            return None
+        return data.decode("utf-8") if sha256_bytes(data) == sha else None
+
+    @staticmethod
+    def _rendered_path(sha: str) -> Path:
+        return cache_dir() / "rendered" / f"{sha}.py"
 
     def save(self) -> None:
         if not self._dirty or self._entries is None:
             return
         path = cache_path()
-        with contextlib.suppress(OSError):  # a read-only HF_HOME only loses the speed-up
+        with contextlib.suppress(OSError):  # a read-only cache dir only loses the speed-up
             path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(path, (json.dumps(self._entries, sort_keys=True) + "\n").encode("utf-8"))
+            atomic_write(path, (json.dumps(self._entries) + "\n").encode("utf-8"))  # insertion order = age
             self._dirty = False
+            self._prune_rendered()
+
+    def _prune_rendered(self) -> None:
+        live = {entry.get("rendered") for entry in (self._entries or {}).values()}
+        with contextlib.suppress(OSError):
+            files = sorted(
+                ((p.stat().st_mtime, p) for p in (cache_dir() / "rendered").glob("*.py")), reverse=True
+            )
+            recent = time.time() - 60  # another process may have just written it, its index not yet
+            for index, (mtime, path) in enumerate(files):
+                if index >= MAX_RENDERED or (path.stem not in live and mtime < recent):
+                    path.unlink(missing_ok=True)
 
 
 OUTCOMES = OutcomeCache()

@@ -24,7 +24,7 @@ from .discovery import MODELING_FILE, CopyKind, RemoteCodeCopy, installed_transf
 from .errors import ConflictError, FlorencePatchError, UnrecognizedError
 from .fixes import OUTPUT_CLASS_FIX, Fix, FixOutcome, select_fixes
 from .locations import CacheLocations
-from .outcome_cache import OUTCOMES
+from .outcome_cache import OUTCOMES, outcomes_after
 from .safe_io import atomic_write, ensure_writable, locked, sha256_bytes, state_dir
 
 _BOM = b"\xef\xbb\xbf"
@@ -108,7 +108,7 @@ def _encode(text: str, like: bytes) -> bytes:
     return (_BOM if like.startswith(_BOM) else b"") + text.encode("utf-8")
 
 
-_FINAL_CODE: dict[tuple[str, tuple[str, ...]], str] = {}
+_FINAL_CODE: dict[str, str] = {}  # outcome-cache key -> fixed code, for this process
 
 
 def _outcomes(
@@ -116,24 +116,31 @@ def _outcomes(
 ) -> tuple[str | None, list[tuple[FixOutcome, str]]]:
     """Run ``fixes`` on one file: (final code or None when not rendered, per-fix (outcome, reason)).
 
-    Outcomes come from the persistent cache when this content was seen before; the codemods (and
-    libcst) only run on a miss, or when the new code itself is needed.
+    Outcomes and the fixed code come from the persistent cache when this content was seen before;
+    the codemods (and libcst) only run on a miss. The outcomes of the fixed code are recorded too,
+    so the file just written is recognised as patched without another run.
     """
     fix_ids = tuple(f.id for f in fixes)
-    content_sha = sha256_bytes(data)
-    key = OUTCOMES.key(content_sha, fix_ids)
+    key = OUTCOMES.key(sha256_bytes(data), fix_ids)
     cached = OUTCOMES.get(key)
-    needs_code = render and (cached is None or any(o is FixOutcome.NEEDED for o, _ in cached))
-    if cached is not None and not needs_code:
+    changes = cached is None or any(o is FixOutcome.NEEDED for o, _ in cached)
+    if cached is not None and not (render and changes):
         return (text if render else None), cached
-    if (content_sha, fix_ids) not in _FINAL_CODE or cached is None:
+    if cached is not None and key not in _FINAL_CODE:
+        rendered = OUTCOMES.get_rendered(key)
+        if rendered is not None:
+            _FINAL_CODE[key] = rendered
+    if cached is None or key not in _FINAL_CODE:
         from .fixes.base import run_fixes  # imports libcst: only on a cache miss
 
         final, results = run_fixes(text, fixes)
         cached = [(r.outcome, r.reason) for r in results]
-        OUTCOMES.put(key, cached)
-        _FINAL_CODE[(content_sha, fix_ids)] = final
-    return _FINAL_CODE[(content_sha, fix_ids)], cached
+        changed = any(o is FixOutcome.NEEDED for o, _ in cached)
+        OUTCOMES.put(key, cached, rendered=final if changed else None)
+        if changed:
+            OUTCOMES.put(OUTCOMES.key(sha256_bytes(_encode(final, data)), fix_ids), outcomes_after(cached))
+        _FINAL_CODE[key] = final
+    return (_FINAL_CODE[key] if render else None), cached
 
 
 def _run_fixes(
@@ -326,17 +333,29 @@ def revert(copy: RemoteCodeCopy, *, force: bool = False) -> RevertResult:
 
 
 _MATERIALIZE_SCRIPT = r"""
-import importlib.util, json, sys
+import hashlib, importlib.util, json, sys
 import transformers.dynamic_module_utils as dmu
+
+_IMPORTS_BY_CONTENT = {}
+
+def _imports_of(content_sha, filename):
+    # get_imports walks the file's whole AST (~70 ms for the modeling file); a cache holds many
+    # copies of the same few revisions, so walk each distinct content once.
+    if content_sha not in _IMPORTS_BY_CONTENT:
+        _IMPORTS_BY_CONTENT[content_sha] = (dmu.get_imports(filename), dmu.get_relative_imports(filename))
+    return _IMPORTS_BY_CONTENT[content_sha]
 
 def check_imports_by_spec(filename):
     # transformers imports every package the file imports (torch, timm, ...) to check it is
     # installed: seconds, and irrelevant to where the copy goes. find_spec checks the same thing.
-    missing = [imp for imp in dmu.get_imports(filename) if importlib.util.find_spec(imp) is None]
+    with open(filename, "rb") as handle:
+        content_sha = hashlib.sha256(handle.read()).hexdigest()
+    imports, relative = _imports_of(content_sha, str(filename))
+    missing = [imp for imp in imports if importlib.util.find_spec(imp) is None]
     if missing:
         raise ImportError("This modeling file requires the following packages that were not found "
                           "in your environment: " + ", ".join(missing))
-    return dmu.get_relative_imports(filename)
+    return list(relative)
 
 dmu.check_imports = check_imports_by_spec
 get_cached_module_file = dmu.get_cached_module_file

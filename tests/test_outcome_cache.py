@@ -1,0 +1,100 @@
+"""The persistent outcome cache: what it predicts must be what libcst would say, and it must
+never hand back code it cannot vouch for."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from florence_patch.demo.checkpoint import REVISION_STATES, remote_code_files
+from florence_patch.fixes import select_fixes
+from florence_patch.fixes.base import run_fixes
+from florence_patch.outcome_cache import OUTCOMES, OutcomeCache, cache_path, outcomes_after
+
+from .conftest import REPO_ID
+
+FIX_SETS = {
+    "transformers-4.49": select_fixes("4.49.0"),
+    "transformers-5": select_fixes("5.0.0"),
+}
+
+
+def _files_to_check() -> list[tuple[str, str, str]]:
+    cases = [(f"fixture {state}", name, data.decode("utf-8")) for state in REVISION_STATES for name, data in remote_code_files(state).items()]
+    upstream = os.environ.get("FLORENCE_PATCH_UPSTREAM_DIR")
+    if upstream:
+        for revision in sorted(p for p in Path(upstream).iterdir() if p.is_dir()):
+            for path in sorted(revision.glob("*_florence2.py")):
+                cases.append((f"upstream {revision.name}", path.name, path.read_text(encoding="utf-8")))
+    unique = {(name, code): (source, name, code) for source, name, code in cases}  # states share files
+    return list(unique.values())
+
+
+@pytest.mark.parametrize("fix_set", sorted(FIX_SETS))
+def test_predicted_outcomes_of_fixed_code_match_a_real_run(fix_set):
+    """apply records outcomes_after(...) for the code it writes instead of parsing it again."""
+    checked = 0
+    for source, name, code in _files_to_check():
+        fixes = [f for f in FIX_SETS[fix_set] if f.filename == name]
+        if not fixes:
+            continue
+        final, results = run_fixes(code, fixes)
+        outcomes = [(r.outcome, r.reason) for r in results]
+        again_code, again = run_fixes(final, fixes)
+        assert again_code == final, f"{source} {name}: fixes are not idempotent"
+        predicted = [o for o, _ in outcomes_after(outcomes)]
+        assert [r.outcome for r in again] == predicted, f"{source} {name}"
+        checked += 1
+    assert checked >= 3
+
+
+def _plan_needs_fix(hf_home):
+    from florence_patch.discovery import find_copies
+    from florence_patch.patching import plan_fix
+
+    (copy,) = [c for c in find_copies(REPO_ID, revision="main").copies]
+    return plan_fix(copy)
+
+
+def test_apply_after_status_reuses_the_fixed_code_without_libcst(tiny_repo, hf_home, monkeypatch):
+    from florence_patch import patching
+    from florence_patch.fixes import base
+
+    expected = {c.filename: c.new for c in _plan_needs_fix(hf_home).changes}  # libcst ran, cache filled
+    assert expected
+    OUTCOMES.save()
+    # A new process: nothing in memory, only the cache on disk.
+    monkeypatch.setattr(patching, "OUTCOMES", OutcomeCache())
+    monkeypatch.setattr(patching, "_FINAL_CODE", {})
+
+    def no_libcst(*_args, **_kwargs):
+        raise AssertionError("libcst ran although the cache held the fixed code")
+
+    monkeypatch.setattr(base, "run_fixes", no_libcst)
+    assert {c.filename: c.new for c in _plan_needs_fix(hf_home).changes} == expected
+
+
+def test_a_tampered_rendered_file_is_not_used(tiny_repo, hf_home, monkeypatch):
+    from florence_patch import patching
+
+    expected = {c.filename: c.new for c in _plan_needs_fix(hf_home).changes}
+    OUTCOMES.save()
+    rendered = sorted((cache_path().parent / "rendered").glob("*.py"))
+    assert rendered
+    for path in rendered:
+        path.write_text("raise SystemExit('tampered')\n", encoding="utf-8")
+    monkeypatch.setattr(patching, "OUTCOMES", OutcomeCache())
+    monkeypatch.setattr(patching, "_FINAL_CODE", {})
+    assert {c.filename: c.new for c in _plan_needs_fix(hf_home).changes} == expected
+
+
+def test_an_index_of_another_layout_is_ignored(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLORENCE_PATCH_CACHE_DIR", str(tmp_path))
+    key = OutcomeCache.key("0" * 64, ("output-class",))
+    cache_path().write_text(json.dumps({key: [["needed", ""]], "x": "junk"}), encoding="utf-8")
+    assert OutcomeCache().get(key) is None
+    cache_path().write_text("[1, 2", encoding="utf-8")
+    assert OutcomeCache().get(key) is None
