@@ -239,6 +239,38 @@ def freeze_vision_tower(model) -> int:
     return frozen
 
 
+def checkpoint_vision_layers(model) -> int:
+    """Recompute each DaViT layer's activations in the backward pass; returns the layers wrapped.
+
+    transformers' gradient checkpointing only reaches the language model's layers, yet most of
+    what a training step keeps for backward is the vision tower's (its windows at 1/4 .. 1/32 of
+    the page). Florence-2's own ``enable_checkpoint`` checkpoints whole stages with the reentrant
+    variant; this wraps each (spatial, channel) block pair with the non-reentrant one, which keeps
+    parameter gradients when the inputs need none. The wrapped ``forward`` is an instance
+    attribute: parameters, state-dict names and saved checkpoints are unchanged.
+    """
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    stages = getattr(vision_tower(model), "blocks", None)
+    if not isinstance(stages, torch.nn.ModuleList):
+        raise UnrecognizedError(f"{type(vision_tower(model)).__name__} has no DaViT stages (blocks)")
+    wrapped = 0
+    for stage in stages:
+        for layer in stage.children():
+            if not any(p.requires_grad for p in layer.parameters()):
+                continue  # frozen: nothing of it is kept for backward anyway
+
+            def forward(*inputs, _forward=layer.forward, _layer=layer):
+                if _layer.training and torch.is_grad_enabled():
+                    return checkpoint(_forward, *inputs, use_reentrant=False)
+                return _forward(*inputs)
+
+            layer.forward = forward
+            wrapped += 1
+    return wrapped
+
+
 def lora_target_modules(model) -> list[str]:
     """Full names of the language model's attention and MLP linears, as they exist in ``model``."""
     import torch
@@ -337,6 +369,7 @@ __all__ = [
     "RemoteCode",
     "add_lora",
     "code_directory",
+    "checkpoint_vision_layers",
     "count_parameters",
     "finish_saved_directory",
     "fix_remote_code",

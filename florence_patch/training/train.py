@@ -138,6 +138,10 @@ def prepare_model(config: TrainConfig, args):
     if config.freeze_vision:
         frozen = florence.freeze_vision_tower(model)
         logger.info("froze the vision tower: %s parameters", f"{frozen:,}")
+    if config.gradient_checkpointing:
+        # The Trainer switches on the language model's checkpointing; the vision tower is ours to do.
+        layers = florence.checkpoint_vision_layers(model)
+        logger.info("gradient checkpointing: %d vision-tower layers recomputed in backward", layers)
     if config.lora:
         model = florence.add_lora(model, rank=config.lora_rank, alpha=config.lora_alpha, dropout=config.lora_dropout)
     counts = florence.count_parameters(model)

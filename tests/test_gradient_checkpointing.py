@@ -1,0 +1,83 @@
+"""--gradient-checkpointing reaches the DaViT vision tower, and changes memory, not the maths."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, torch
+    from florence_patch.demo.synthetic import make_docvqa
+    from florence_patch.training.model import (
+        checkpoint_vision_layers, fix_remote_code, freeze_vision_tower, load_model_and_processor)
+
+    code = fix_remote_code("florence-patch/florence-2-tiny")
+    model, processor = load_model_and_processor(code)
+    rows = make_docvqa(num_train=4, num_validation=1, num_test=1, seed=0)["train"]
+    inputs = processor(text=["<DocVQA>" + q for q in rows["question"]],
+                       images=[image.convert("RGB") for image in rows["image"]], return_tensors="pt", padding=True)
+    labels = processor.tokenizer([a[0] for a in rows["answers"]], return_tensors="pt", padding=True).input_ids
+
+    def step():
+        # Loss, gradients, and the bytes autograd keeps for backward (what checkpointing trades).
+        model.zero_grad(set_to_none=True)
+        kept = [0]
+        def pack(tensor):
+            kept[0] += tensor.numel() * tensor.element_size()
+            return tensor
+        torch.manual_seed(0)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            loss = model(input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"], labels=labels).loss
+        loss.backward()
+        return loss.item(), kept[0], {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    model.train()
+    names_before = list(model.state_dict())
+    loss_plain, kept_plain, grads_plain = step()
+    wrapped = checkpoint_vision_layers(model)
+    loss_ckpt, kept_ckpt, grads_ckpt = step()
+    with torch.no_grad():
+        model.eval()
+        eval_loss = model(input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"], labels=labels).loss.item()
+    frozen_model, _ = load_model_and_processor(code)
+    freeze_vision_tower(frozen_model)
+    print("RESULT " + json.dumps({
+        "wrapped": wrapped,
+        "layers": sum(len(list(stage.children())) for stage in model.vision_tower.blocks),
+        "loss": [loss_plain, loss_ckpt, eval_loss],
+        "kept_mib": [kept_plain / 2**20, kept_ckpt / 2**20],
+        "same_grad_names": sorted(grads_plain) == sorted(grads_ckpt),
+        "vision_grads": sum(n.startswith("vision_tower.") for n in grads_ckpt),
+        "max_grad_diff": max((grads_plain[n] - grads_ckpt[n]).abs().max().item() for n in grads_plain),
+        "state_dict_unchanged": list(model.state_dict()) == names_before,
+        "wrapped_when_frozen": checkpoint_vision_layers(frozen_model),
+    }))
+    """
+)
+
+
+def test_vision_tower_layers_are_recomputed_with_identical_gradients(tmp_path):
+    from florence_patch.demo.checkpoint import build_demo_repo
+
+    home = tmp_path / "hf"
+    home.mkdir()
+    build_demo_repo(home)
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_MODULES_CACHE")}
+    env.update(HF_HOME=str(home), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))[len("RESULT "):])
+
+    assert result["wrapped"] == result["layers"] > 0
+    assert result["wrapped_when_frozen"] == 0
+    plain, checkpointed = result["kept_mib"]
+    assert checkpointed < 0.6 * plain, result["kept_mib"]  # the tower's activations are no longer kept
+    assert result["loss"][0] == result["loss"][1]
+    assert result["same_grad_names"] and result["vision_grads"] > 0
+    assert result["max_grad_diff"] < 1e-6
+    assert result["state_dict_unchanged"]
