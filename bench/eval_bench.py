@@ -54,11 +54,11 @@ TITLE = "evaluation throughput"
 TASK_PROMPT = "<DocVQA>"
 RECIPE = {"batch_size": 4, "num_beams": 3, "max_new_tokens": 1024, "precision": "fp32"}
 GOAL_RATIO = 2.0
-# Fitting (setup, not measured): enough steps at a high learning rate for answers of a few tokens
-# that end (an under-fitted model answers with end-of-sequence at once). The vision tower stays
-# frozen: answer formats are learnt from the questions, and the steps are cheaper.
-FIT_DEFAULTS = {"small": {"steps": 150, "lr": 1e-3}, "base": {"steps": 300, "lr": 2e-4}}
-FIT_ROWS = 64
+# Fitting (setup, not measured): the demo's recipe -- a few hundred steps at a high learning rate
+# on exactly the pages then asked about -- so the model really answers them (the demo reaches a
+# training-page ANLS of about 0.9). ANLS is then a check that both arms give the same answers,
+# not a claim that the model reads.
+FIT_DEFAULTS = {"small": {"steps": 300, "lr": 2e-3}, "base": {"steps": 300, "lr": 2e-4}}
 
 
 def fit_settings(args, shape: str) -> tuple[int, float]:
@@ -137,7 +137,7 @@ def baseline_arm(args) -> dict[str, Any]:
 
 def ours_arm(args) -> dict[str, Any]:
     from florence_patch.training import evaluate as evaluation
-    from florence_patch.training.config import EvalConfig
+    from florence_patch.training.config import EvalConfig, resolve_num_workers
 
     device = resolve_device(args.device)
     memory = PeakMemory(device)
@@ -180,7 +180,7 @@ def ours_arm(args) -> dict[str, Any]:
             "num_beams": config.num_beams,
             "max_new_tokens": config.max_new_tokens,
             "precision": _PRECISION_NAMES.get(result.settings["dtype"], result.settings["dtype"]),
-            "num_workers": config.num_workers,
+            "num_workers": resolve_num_workers(config.num_workers),
             "order": "length-sorted",
         },
         "predictions": _prediction_rows(
@@ -202,7 +202,7 @@ def fit(workload: Workload, env: dict[str, str], args, fitted: Path) -> None:
         "--model", workload.shape.repo_id, "--dataset", str(workload.data_dir), "--output-dir", str(fitted),
         "--max-steps", str(steps), "--lr", str(lr), "--warmup-ratio", "0.05", "--eval-steps", "0",
         "--save-steps", str(steps), "--save-total-limit", "1", "--max-eval-samples", "1",
-        "--num-beams", "1", "--max-new-tokens", "4", "--seed", str(args.seed), "--freeze-vision",
+        "--num-beams", "1", "--max-new-tokens", "4", "--seed", str(args.seed),
     ]
     proc = subprocess.run(command, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -257,7 +257,7 @@ def orchestrate(args) -> None:
     steps, lr = fit_settings(args, shape.name)
     fitted = workdir / f"fitted-{steps}-{lr:g}"
     try:
-        train_rows = max(FIT_ROWS, args.questions if args.split == "train" else 0)
+        train_rows = args.questions  # fitted on the pages it is then asked about (--split train)
         eval_rows = args.questions if args.split != "train" else 4
         workload = prepare(shape, workdir, train_rows=train_rows, eval_rows=eval_rows, seed=args.seed)
         env = workload.env(**({"CUDA_VISIBLE_DEVICES": ""} if args.device == "cpu" else {}), **thread_env(args.threads))
@@ -293,7 +293,7 @@ def orchestrate(args) -> None:
                 "anls_ours": round(anls_pairs[-1][1], 4),
                 "goal": GOAL_RATIO,
                 "meets_goal": min(ratios) >= GOAL_RATIO and abs(anls_pairs[-1][0] - anls_pairs[-1][1]) <= 0.01,
-                "model": shape.description + f"; fitted {steps} steps at lr {lr:g} (vision frozen)",
+                "model": shape.description + f"; fitted {steps} steps at lr {lr:g} on the {train_rows} training questions",
                 "note": REMOTE_CODE_NOTE,
             },
             title=TITLE,
@@ -309,8 +309,8 @@ def parse_args(argv=None):
     parser.add_argument("--shape", choices=sorted(SHAPES), default="small")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--pairs", type=int, default=1, help="baseline/ours pairs, interleaved")
-    parser.add_argument("--questions", type=int, default=16, help="questions each arm answers")
-    parser.add_argument("--split", default="validation", help="split the questions come from (train: the fitted pages)")
+    parser.add_argument("--questions", type=int, default=24, help="questions each arm answers")
+    parser.add_argument("--split", default="train", help="split the questions come from (train: the fitted pages)")
     parser.add_argument("--fit-steps", type=int, default=None, help="fitting steps (default: per shape)")
     parser.add_argument("--fit-lr", type=float, default=None, help="fitting learning rate (default: per shape)")
     parser.add_argument("--precision", default="auto", help="our arm's --precision (the baseline is fp32)")

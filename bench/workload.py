@@ -342,13 +342,17 @@ class PeakMemory:
 
     device: str
     at_reset_mib: float = 0.0
+    tensors_held_mib: float = 0.0
 
     @property
     def method(self) -> str:
         return "torch.cuda.max_memory_allocated" if self.device == "cuda" else "peak RSS of the process (VmHWM)"
 
-    def reset(self) -> None:
+    def reset(self, model=None, optimizer=None) -> None:
+        """Start the window between two steps; ``model``/``optimizer``: whose tensors are held then."""
         import torch
+
+        self.tensors_held_mib = tensors_mib(model, optimizer) if model is not None else 0.0
 
         if self.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
@@ -368,6 +372,17 @@ class PeakMemory:
     def above_reset_mib(self) -> float:
         return self.peak_mib() - self.at_reset_mib
 
+    def peak_tensors_mib(self) -> float:
+        """Peak tensor memory: what torch.cuda.max_memory_allocated counts, estimated the same way on CPU.
+
+        On CPU: the tensors held between steps (weights, optimizer state; counted exactly) plus
+        the step's peak growth of the resident set (activations, gradients, temporaries). The
+        interpreter and its libraries (about 1 GiB of the resident set) are left out, as on CUDA.
+        """
+        if self.device == "cuda":
+            return self.peak_mib()
+        return self.tensors_held_mib + self.above_reset_mib()
+
     def workers_rss_mib(self) -> float | None:
         """Resident memory of this process's child processes now (DataLoader workers), summed."""
         try:
@@ -378,6 +393,28 @@ class PeakMemory:
         if not children:
             return None
         return sum(_rss_kib(child.pid) for child in children if child.is_running()) / 1024
+
+
+def tensors_mib(model, optimizer=None) -> float:
+    """MiB of the distinct tensors a model and its optimizer hold: parameters, gradients, state."""
+    import torch
+
+    seen: dict[int, int] = {}
+
+    def add(tensor) -> None:
+        if isinstance(tensor, torch.Tensor) and tensor.numel():
+            seen[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+
+    for parameter in model.parameters():
+        add(parameter)
+        add(parameter.grad)
+    for buffer in model.buffers():
+        add(buffer)
+    if optimizer is not None:
+        for state in optimizer.state.values():
+            for value in state.values():
+                add(value)
+    return sum(seen.values()) / 2**20
 
 
 def device_name(device: str) -> str:

@@ -23,10 +23,25 @@ from florence_patch.training.config import EvalConfig, TrainConfig, to_training_
 def test_defaults_and_columns():
     config = TrainConfig(dataset="data")
     assert config.model == "microsoft/Florence-2-base-ft"
-    assert config.num_workers > 0  # pages are decoded in DataLoader workers by default
+    assert config.num_workers is None  # resolved per machine, below
     assert config.per_device_eval_batch_size == config.batch_size
     columns = TrainConfig(dataset="d", question_column="q", image_column="page", question_types_column="").columns
     assert (columns.question, columns.image, columns.answers, columns.question_types) == ("q", "page", "answers", None)
+
+
+def test_workers_default_to_none_on_cpu_and_spare_cores_with_an_accelerator(monkeypatch):
+    monkeypatch.setattr(config_module, "_has_accelerator", lambda: False)
+    assert config_module.resolve_num_workers(None) == 0  # on CPU a worker takes a core from the model
+    assert config_module.resolve_num_workers(3) == 3
+    assert to_training_arguments(TrainConfig(dataset="d", output_dir="o")).dataloader_num_workers == 0
+    monkeypatch.setattr(config_module, "_has_accelerator", lambda: True)
+    monkeypatch.setattr(config_module.os, "cpu_count", lambda: 16)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert config_module.resolve_num_workers(None) == 8
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # four ranks share the 16 cores
+    assert config_module.resolve_num_workers(None) == 3
+    monkeypatch.setattr(config_module.os, "cpu_count", lambda: 2)
+    assert config_module.resolve_num_workers(None) == 1
 
 
 def test_every_problem_is_reported_at_once_naming_the_option():

@@ -87,8 +87,12 @@ class DataOptions(_Options):
         default="question_types", metadata=_help("Column holding question types (for per-type ANLS); '' for none.")
     )
     question_id_column: str | None = field(default="questionId", metadata=_help("Column holding question ids; '' for none."))
-    num_workers: int = field(
-        default=2, metadata=_help("DataLoader worker processes that decode, resize and normalise pages.")
+    num_workers: int | None = field(
+        default=None,
+        metadata=_help(
+            "DataLoader worker processes that decode, resize and normalise pages (default: none on a "
+            "CPU-only machine, where they would take cores from the model; with a GPU, one per spare core, up to 8)."
+        ),
     )
 
     @property
@@ -118,7 +122,7 @@ class DataOptions(_Options):
         for name in ("question_column", "answers_column", "image_column"):
             if not getattr(self, name):
                 yield f"--{_cli(name)} must not be empty"
-        if self.num_workers < 0:
+        if self.num_workers is not None and self.num_workers < 0:
             yield f"--num-workers must be >= 0, got {self.num_workers}"
 
 
@@ -398,6 +402,21 @@ def resolve_precision(precision: str) -> str:
     return precision
 
 
+def resolve_num_workers(num_workers: int | None) -> int:
+    """The DataLoader workers to start: as asked, else 0 without an accelerator, else one per spare core.
+
+    Measured on 2 cores (bench/RESULTS.md): a worker there takes a core from the model's own
+    threads, and preparing a batch costs a tenth of a training step, so CPU runs are faster
+    without workers. With a GPU the CPU only feeds the device: workers overlap that with compute.
+    """
+    if num_workers is not None:
+        return num_workers
+    if not _has_accelerator():
+        return 0
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))  # torchrun: the ranks share the cores
+    return max(1, min(8, (os.cpu_count() or 1) // local - 1))
+
+
 def check_report_to(report_to: str) -> None:
     package = _REPORT_PACKAGES.get(report_to)
     if package and importlib.util.find_spec(package) is None:
@@ -432,7 +451,7 @@ def to_training_arguments(config: TrainConfig):
         save_total_limit=config.save_total_limit or None,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
-        dataloader_num_workers=config.num_workers,
+        dataloader_num_workers=resolve_num_workers(config.num_workers),
         dataloader_pin_memory=_has_cuda(),
         # Without an accelerator, say so: accelerate only sets up multi-process CPU (gloo) runs
         # under torchrun when told the run is on CPU.
@@ -474,6 +493,7 @@ __all__ = [
     "REPORT_TO",
     "TrainConfig",
     "read_yaml",
+    "resolve_num_workers",
     "resolve_precision",
     "to_training_arguments",
 ]

@@ -186,7 +186,7 @@ def generate_predictions(
 
     A map-style dataset is cut into length-sorted batches dealt round-robin to the processes;
     a stream is split by node and read in order. Pages are decoded and preprocessed in
-    ``num_workers`` DataLoader workers.
+    ``num_workers`` DataLoader workers, or on a background thread when there are none.
     """
     import datasets
     import torch
@@ -194,6 +194,7 @@ def generate_predictions(
     from tqdm.auto import tqdm
 
     from florence_patch.training.data import Florence2VQAEvalCollator
+    from florence_patch.training.prefetch import prefetch_in_thread
 
     collator = Florence2VQAEvalCollator(processor, task_prompt=task_prompt, columns=columns)
     if isinstance(dataset, datasets.IterableDataset):
@@ -211,6 +212,7 @@ def generate_predictions(
         rows = dataset.select(indices)
         total = len(batches)
     loader = DataLoader(rows, batch_size=batch_size, shuffle=False, collate_fn=collator, num_workers=num_workers)
+    prefetch_in_thread(loader)  # without workers, the next batch is prepared while this one generates
 
     device = next(model.parameters()).device
     dtype = _model_dtype(model)
@@ -308,9 +310,11 @@ def evaluate(config) -> EvalResult:
     # already ran threads here would be switched to serial there, with a warning per worker.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     started = time.perf_counter()
+    from florence_patch.training.config import resolve_num_workers
     from florence_patch.training.model import cap_cpu_threads
 
-    cap_cpu_threads(0)
+    num_workers = resolve_num_workers(config.num_workers)
+    cap_cpu_threads(num_workers)
     dataset = limit_rows(
         load_vqa_split(
             config.dataset,
@@ -335,7 +339,7 @@ def evaluate(config) -> EvalResult:
         batch_size=config.batch_size,
         num_beams=config.num_beams,
         max_new_tokens=config.max_new_tokens,
-        num_workers=config.num_workers,
+        num_workers=num_workers,
     )
     predictions.sort(key=lambda p: p.index)
     if not predictions:

@@ -181,6 +181,12 @@ def _trainer_classes():
             self.last_scores = None
             self._generation_dataset = None
 
+        def get_train_dataloader(self):
+            from florence_patch.training.prefetch import prefetch_in_thread
+
+            # Without worker processes (CPU runs), prepare the next batches on a thread instead.
+            return prefetch_in_thread(super().get_train_dataloader())
+
         def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
             self._generation_dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
             try:
@@ -270,8 +276,8 @@ def train(config: TrainConfig) -> TrainResult:
     # already ran threads here would be switched to serial there, with a warning per worker.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     started = time.perf_counter()
-    cap_cpu_threads(config.num_workers)
     args = to_training_arguments(config)
+    cap_cpu_threads(args.dataloader_num_workers)
     configure_logging(args)
     resume_from = checkpoint_to_resume(config)
     if resume_from:
@@ -304,7 +310,7 @@ def train(config: TrainConfig) -> TrainResult:
             batch_size=config.per_device_eval_batch_size,
             num_beams=config.num_beams,
             max_new_tokens=config.max_new_tokens,
-            num_workers=config.num_workers,
+            num_workers=args.dataloader_num_workers,
         ),
     )
 
