@@ -61,20 +61,24 @@ def main() -> None:
     for size in args.sizes:
         home = Path(tempfile.mkdtemp(prefix=f"fp-bench-{size}-"))
         try:
-            env = dict(os.environ, HF_HOME=str(home), HF_HUB_OFFLINE="1")
+            # A fresh outcome cache: "cold" is a first status on a machine that never ran florence-patch.
+            env = dict(os.environ, HF_HOME=str(home), HF_HUB_OFFLINE="1", FLORENCE_PATCH_CACHE_DIR=str(home / "fp-cache"))
             for var in ("HF_HUB_CACHE", "HF_MODULES_CACHE", "HUGGINGFACE_HUB_CACHE"):
                 env.pop(var, None)
             for i in range(size):
                 write_hub_repo(home / "hub", f"bench/florence-2-copy-{i:03d}", {f"{i:040x}"[-40:]: files}, {"main": f"{i:040x}"[-40:]})
-            cold = timed(["status"], env)  # first sight of this content: libcst parses it
+            # First sight of this content: libcst runs, unless the shipped table of published files knows it.
+            cold = timed(["status"], env)
             warm = timed(["status"], env)
             apply = timed(["apply"], env)  # includes transformers creating each modules-cache copy
             status_after = timed(["status"], env)
             check = timed(["apply", "--check"], env)
             revert = timed(["revert"], env)
             common = {"copies": size, "source": source}
-            report({"what": "status", "cold_s": round(cold, 3), "warm_s": round(warm, 3), "goal_s": 2.0, **common}, title=title)
-            report({"what": "apply", "seconds": round(apply, 3), "goal_s": 10.0, **common}, title=title)
+            report({"what": "status", "cold_s": round(cold, 3), "warm_s": round(warm, 3), "goal_s": 2.0,
+                    "meets_goal": max(cold, warm) < 2.0, **common}, title=title)
+            report({"what": "apply", "seconds": round(apply, 3), "goal_s": 10.0, "meets_goal": apply < 10.0, **common},
+                   title=title)
             report({"what": "status-after-apply", "seconds": round(status_after, 3), **common}, title=title)
             report({"what": "apply-check", "seconds": round(check, 3), **common}, title=title)
             report({"what": "revert", "seconds": round(revert, 3), **common}, title=title)

@@ -64,6 +64,29 @@ def outcomes_after(outcomes: Outcomes) -> Outcomes:
     return [(FixOutcome.PRESENT, "") if outcome is FixOutcome.NEEDED else (outcome, reason) for outcome, reason in outcomes]
 
 
+KNOWN_OUTCOMES_FILE = Path(__file__).with_name("known_outcomes.json")
+
+
+@functools.lru_cache(maxsize=1)
+def known_outcomes() -> dict[str, dict]:
+    """Outcomes for Microsoft's published remote-code files, shipped with the package.
+
+    Keyed like the cache (sha256 of the file, fix ids, fixes digest), so a first `status` on a
+    machine that holds only published revisions runs no libcst at all. Made by
+    ``scripts/known_outcomes.py`` from local copies of the files (the table holds hashes and
+    outcomes, no code). When the fixes change, the digest no longer matches and the table is
+    simply not used until it is made again (tests/test_outcome_cache.py fails until then).
+    """
+    try:
+        table = json.loads(KNOWN_OUTCOMES_FILE.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(table, dict) or table.get("fixes_digest") != fixes_digest():
+        return {}
+    digest = table["fixes_digest"]
+    return {f"{key}|{digest}": {"outcomes": outcomes} for key, outcomes in table.get("outcomes", {}).items()}
+
+
 class OutcomeCache:
     def __init__(self) -> None:
         self._entries: dict[str, dict] | None = None
@@ -84,7 +107,7 @@ class OutcomeCache:
         return f"{content_sha}|{','.join(fix_ids)}|{fixes_digest()}"
 
     def get(self, key: str) -> Outcomes | None:
-        entry = self._load().get(key)
+        entry = self._load().get(key) or known_outcomes().get(key)
         if entry is None:
             return None
         try:

@@ -98,3 +98,49 @@ def test_an_index_of_another_layout_is_ignored(tmp_path, monkeypatch):
     assert OutcomeCache().get(key) is None
     cache_path().write_text("[1, 2", encoding="utf-8")
     assert OutcomeCache().get(key) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# The table of published files' outcomes shipped with the package.
+
+
+def test_the_shipped_table_was_made_with_the_current_fixes():
+    """Fails when a fix changed without `scripts/known_outcomes.py` being run again."""
+    from florence_patch.outcome_cache import KNOWN_OUTCOMES_FILE, fixes_digest, known_outcomes
+
+    table = json.loads(KNOWN_OUTCOMES_FILE.read_text(encoding="utf-8"))
+    assert table["fixes_digest"] == fixes_digest(), "run: scripts/known_outcomes.py <upstream dir>"
+    assert len(known_outcomes()) == len(table["outcomes"]) > 0
+
+
+def test_the_table_answers_a_first_status_and_is_ignored_once_stale(tmp_path, monkeypatch):
+    from florence_patch import outcome_cache
+
+    monkeypatch.setenv("FLORENCE_PATCH_CACHE_DIR", str(tmp_path))  # an empty cache: a first run
+    table = json.loads(outcome_cache.KNOWN_OUTCOMES_FILE.read_text(encoding="utf-8"))
+    content_sha, fix_ids = next(iter(table["outcomes"])).split("|")
+    key = OutcomeCache.key(content_sha, tuple(fix_ids.split(",")))
+    expected = [(o, r) for o, r in table["outcomes"][f"{content_sha}|{fix_ids}"]]
+    assert [(o.value, r) for o, r in OutcomeCache().get(key)] == expected
+
+    stale = tmp_path / "known.json"
+    stale.write_text(json.dumps({**table, "fixes_digest": "0" * 16}), encoding="utf-8")
+    monkeypatch.setattr(outcome_cache, "KNOWN_OUTCOMES_FILE", stale)
+    outcome_cache.known_outcomes.cache_clear()
+    try:
+        assert OutcomeCache().get(key) is None
+    finally:
+        outcome_cache.known_outcomes.cache_clear()
+
+
+def test_the_table_matches_the_published_files_when_they_are_at_hand():
+    """With FLORENCE_PATCH_UPSTREAM_DIR, rebuild the table from the real files and compare."""
+    upstream = os.environ.get("FLORENCE_PATCH_UPSTREAM_DIR")
+    if not upstream:
+        pytest.skip("FLORENCE_PATCH_UPSTREAM_DIR (real Florence-2 files) not set")
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "known_outcomes.py"
+    proc = subprocess.run([sys.executable, str(script), upstream, "--check"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
