@@ -4,7 +4,8 @@ One code path serves ``florence-patch eval``, the evaluation inside training (ea
 generates for its share of the batches, the shares are gathered) and the demo.
 
 Batches are made of questions of similar prompt length (sorted, longest first: less padding,
-and an out-of-memory shows on the first batch, not the last). Answers are decoded with the
+and an out-of-memory shows on the first batch, not the last), a page's questions kept together
+so each batch runs the vision tower once per page (``pages.py``). Answers are decoded with the
 processor's own ``post_process_generation`` for the task when it has one.
 """
 
@@ -131,9 +132,20 @@ def score(predictions: Sequence[Prediction]) -> VQAScores | None:
 # Generation.
 
 
-def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Row indices in batches of similar length, longest first (ties keep row order)."""
-    order = sorted(range(len(lengths)), key=lambda index: (-lengths[index], index))
+def length_sorted_batches(
+    lengths: Sequence[int], batch_size: int, pages: Sequence[str] | None = None
+) -> list[list[int]]:
+    """Row indices in batches of similar length, longest first (ties keep row order).
+
+    With ``pages`` (one key per row), the questions about one page stay next to each other, so
+    a batch encodes each of its pages once (``generate_sharing_pages``); pages are ordered by
+    their longest prompt.
+    """
+    groups: dict[Any, list[int]] = {}
+    for index in range(len(lengths)):
+        groups.setdefault(pages[index] if pages is not None else index, []).append(index)
+    ordered = sorted(groups.values(), key=lambda rows: (-max(lengths[i] for i in rows), rows[0]))
+    order = [index for rows in ordered for index in sorted(rows, key=lambda i: (-lengths[i], i))]
     return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
@@ -194,6 +206,7 @@ def generate_predictions(
     from tqdm.auto import tqdm
 
     from florence_patch.training.data import Florence2VQAEvalCollator
+    from florence_patch.training.pages import generate_sharing_pages, page_keys
     from florence_patch.training.prefetch import prefetch_in_thread
 
     collator = Florence2VQAEvalCollator(processor, task_prompt=task_prompt, columns=columns)
@@ -207,7 +220,8 @@ def generate_predictions(
         total = None
     else:
         lengths = prompt_lengths(processor, dataset[columns.question], task_prompt)
-        batches = length_sorted_batches(lengths, batch_size)[process_index::num_processes]
+        pages = page_keys(dataset, columns.image)
+        batches = length_sorted_batches(lengths, batch_size, pages)[process_index::num_processes]
         indices = [index for batch in batches for index in batch]
         rows = dataset.select(indices)
         total = len(batches)
@@ -225,7 +239,8 @@ def generate_predictions(
             for batch in tqdm(loader, total=total, desc="generating answers", disable=not show_progress):
                 # No attention_mask: Florence-2's generate prepends image tokens the prompt mask
                 # does not cover, and (like training) attends to every position.
-                generated = model.generate(
+                generated = generate_sharing_pages(
+                    model,
                     input_ids=batch["input_ids"].to(device),
                     pixel_values=batch["pixel_values"].to(device=device, dtype=dtype),
                     max_new_tokens=max_new_tokens,
