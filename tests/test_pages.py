@@ -105,3 +105,11 @@ def test_generate_sharing_pages_encodes_each_page_once_with_the_same_answers(tmp
     assert result["plain_encoded"] == [result["questions"]]
     assert result["shared_encoded"] == [result["pages"]]
     assert result["same_tokens"]
+
+
+def test_images_that_differ_off_the_sampled_pixels_are_still_told_apart():
+    a = torch.zeros(3, 64, 64)
+    b = a.clone()
+    b[0, 1, 1] = 1.0  # not on the sampling grid
+    first, index = distinct_pages(torch.stack([a, b, a.clone()]))
+    assert first == [0, 1] and index == [0, 1, 0]

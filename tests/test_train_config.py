@@ -124,6 +124,7 @@ def test_training_arguments(tmp_path):
     kwargs = getattr(args, "activation_checkpointing_kwargs", None) or args.gradient_checkpointing_kwargs
     assert kwargs == {"use_reentrant": False}
     assert args.dataloader_num_workers == 3 and args.seed == 7
+    assert str(getattr(args.optim, "value", args.optim)) == "adamw_torch_fused"
     assert args.remove_unused_columns is False  # the collators need question/answers/image
     assert args.label_names == ["labels"]
     assert args.report_to in ([], ["none"], "none") or not args.report_to

@@ -419,6 +419,32 @@ def test_collators_with_the_demo_processor(docvqa, demo_processor):
         assert prompt.replace(" ", "") == ("<DocVQA>" + row["question"]).replace(" ", "")
     assert (batch["labels"] == IGNORE_INDEX).any()  # answers differ in length: some padding masked
 
-    eval_batch = Florence2VQAEvalCollator(demo_processor)(_rows(docvqa, "validation", 2))
-    assert eval_batch["pixel_values"].shape == (2, 3, IMAGE_SIZE, IMAGE_SIZE)
+    eval_rows = _rows(docvqa, "validation", 2)
+    eval_batch = Florence2VQAEvalCollator(demo_processor)(eval_rows)
+    pages = len({row["docId"] for row in eval_rows})
+    assert eval_batch["pixel_values"].shape == (pages, 3, IMAGE_SIZE, IMAGE_SIZE)  # one row per distinct page
+    whole = Florence2VQAEvalCollator(demo_processor, share_pages=False)(eval_rows)
+    assert whole["pixel_values"].shape == (2, 3, IMAGE_SIZE, IMAGE_SIZE) and whole["page_index"] == [0, 1]
+    assert torch.equal(eval_batch["pixel_values"][eval_batch["page_index"]], whole["pixel_values"])
+    assert torch.equal(eval_batch["input_ids"], whole["input_ids"])
     assert eval_batch["answers"] == docvqa["validation"][:2]["answers"]
+
+
+def test_eval_collator_stops_sharing_pages_when_the_processor_parts_disagree(docvqa, demo_processor, caplog):
+    class RewritingProcessor:
+        """The demo processor, but its prompt construction differs from what __call__ does."""
+
+        def __init__(self, inner):
+            self.inner, self.tokenizer, self.image_processor = inner, inner.tokenizer, inner.image_processor
+
+        def __call__(self, **kwargs):
+            return self.inner(**kwargs)
+
+        def _construct_prompts(self, prompts):
+            return [prompt + " please" for prompt in prompts]
+
+    rows = _rows(docvqa, "validation", 2)
+    collator = Florence2VQAEvalCollator(RewritingProcessor(demo_processor))
+    batch = collator(rows)
+    assert not collator.share_pages and "not shared" in caplog.text
+    assert batch["pixel_values"].shape[0] == 2 and batch["page_index"] == [0, 1]

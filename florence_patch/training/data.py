@@ -9,6 +9,7 @@ conversion, and the processor's resize and normalise -- off the training process
 from __future__ import annotations
 
 import glob
+import hashlib
 import io
 import logging
 import random
@@ -215,11 +216,15 @@ class _Florence2Inputs:
         self.task_prompt = task_prompt
         self.columns = columns
 
-    def _encode_inputs(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+    def _prompts_and_images(self, examples: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[Image.Image]]:
         if not examples:
             raise DataError("cannot collate an empty batch")
         prompts = [f"{self.task_prompt}{_field(example, self.columns.question)}" for example in examples]
         images = [to_rgb_image(_field(example, self.columns.image)) for example in examples]
+        return prompts, images
+
+    def _encode_inputs(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        prompts, images = self._prompts_and_images(examples)
         encoded = self.processor(text=prompts, images=images, return_tensors="pt", padding=True)
         return {
             "input_ids": encoded["input_ids"],
@@ -309,9 +314,32 @@ class Florence2VQACollator(_Florence2Inputs):
         return batch
 
 
+def distinct_images(images: Sequence[Image.Image]) -> tuple[list[int], list[int]]:
+    """(position of the first of each distinct image, each image's index among those), by pixels."""
+    first: list[int] = []
+    index: list[int] = []
+    seen: dict[tuple, int] = {}
+    for position, image in enumerate(images):
+        key = (image.size, image.mode, hashlib.blake2b(image.tobytes(), digest_size=16).digest())
+        if key not in seen:
+            seen[key] = len(first)
+            first.append(position)
+        index.append(seen[key])
+    return first, index
+
+
 class Florence2VQAEvalCollator(_Florence2Inputs):
     """Evaluation batches: the model inputs, with each row's gold answers, question id,
     question and question types kept alongside (lists, in batch order) for scoring.
+
+    Questions about the same page share it: ``pixel_values`` holds one row per distinct page
+    and ``page_index`` names each question's row, so the processor resizes and normalises a
+    page once and the model encodes it once (``pages.generate_sharing_pages``). That splits the
+    processor into its image processor and its tokenizer (with its own prompt construction);
+    the first batch is also run through the whole processor, and if the two ever differ the
+    collator goes back to the whole processor for good. Without ``share_pages``, or for a
+    processor that cannot be split, every question carries its own page (``page_index`` is
+    then the identity).
 
     Rows without answers (a test split) are fine here: they are predicted, not scored.
     """
@@ -322,11 +350,48 @@ class Florence2VQAEvalCollator(_Florence2Inputs):
         *,
         task_prompt: str = DEFAULT_TASK_PROMPT,
         columns: VQAColumns = VQAColumns(),
+        share_pages: bool = True,
     ):
         super().__init__(processor, task_prompt=task_prompt, columns=columns)
+        self.share_pages = share_pages
+        self._sharing_verified = False
+
+    def _encode_sharing_pages(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+        processor = self.processor
+        construct = getattr(processor, "_construct_prompts", None)
+        if construct is None or getattr(processor, "image_processor", None) is None:
+            return None
+        prompts, images = self._prompts_and_images(examples)
+        first, index = distinct_images(images)
+        text = processor.tokenizer(construct(prompts), return_tensors="pt", padding=True, return_token_type_ids=False)
+        pixel_values = processor.image_processor([images[i] for i in first], return_tensors="pt")["pixel_values"]
+        return {
+            "input_ids": text["input_ids"],
+            "attention_mask": text["attention_mask"],
+            "pixel_values": pixel_values,
+            "page_index": index,
+        }
+
+    def _encode_pages(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        shared = self._encode_sharing_pages(examples) if self.share_pages else None
+        if shared is not None and not self._sharing_verified:
+            whole = self._encode_inputs(examples)
+            same = (
+                torch.equal(whole["input_ids"], shared["input_ids"])
+                and torch.equal(whole["attention_mask"], shared["attention_mask"])
+                and torch.equal(whole["pixel_values"], shared["pixel_values"][shared["page_index"]])
+            )
+            if not same:
+                logger.warning("the processor's parts give other inputs than the whole processor: pages are not shared")
+                self.share_pages = False
+                shared = None
+            self._sharing_verified = True
+        if shared is None:
+            shared = {**self._encode_inputs(examples), "page_index": list(range(len(examples)))}
+        return shared
 
     def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        batch: dict[str, Any] = self._encode_inputs(examples)
+        batch: dict[str, Any] = self._encode_pages(examples)
         columns = self.columns
         batch["answers"] = [_answer_list(_field(example, columns.answers)) for example in examples]
         batch["questions"] = [str(_field(example, columns.question)) for example in examples]

@@ -243,6 +243,7 @@ def generate_predictions(
                     model,
                     input_ids=batch["input_ids"].to(device),
                     pixel_values=batch["pixel_values"].to(device=device, dtype=dtype),
+                    page_index=batch["page_index"],
                     max_new_tokens=max_new_tokens,
                     num_beams=num_beams,
                     do_sample=False,
