@@ -122,7 +122,7 @@ def run_demo(
     def anls(model: str, split: str, out: str) -> float | None:
         result = evaluate(
             EvalConfig(model=model, dataset=str(data_dir), split=split, batch_size=settings.batch_size,
-                       output_dir=str(workdir / "eval" / out), num_beams=1, max_new_tokens=24, num_workers=1)
+                       output_dir=str(workdir / "eval" / out), num_beams=1, max_new_tokens=24)
         )
         return result.anls
 
@@ -137,7 +137,6 @@ def run_demo(
             model=DEMO_REPO_ID, dataset=str(data_dir), output_dir=str(run_dir), max_steps=settings.max_steps,
             batch_size=settings.batch_size, lr=settings.lr, warmup_ratio=0.05, eval_steps=0,
             save_steps=settings.max_steps, logging_steps=20, seed=settings.seed, precision="fp32",
-            num_workers=1,
         )
     )
     train_after = anls(str(run_dir), "train", "after-train")
