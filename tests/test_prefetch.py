@@ -103,3 +103,15 @@ def test_accelerate_prepared_loader_keeps_its_epochs_and_end_of_epoch_flag():
             # accelerate flags the last batch on the consuming thread, not batches early
             assert threaded.end_of_dataloader == (len(got) == len(expected))
         assert len(got) == len(expected) and all(torch.equal(a, b) for a, b in zip(got, expected))
+
+
+def test_the_producer_runs_torch_single_threaded_and_leaves_the_consumer_alone():
+    seen = []
+
+    def produce():
+        seen.append(torch.get_num_threads())
+        yield 0
+
+    before = torch.get_num_threads()
+    assert list(prefetch(produce())) == [0]
+    assert seen == [1] and torch.get_num_threads() == before
