@@ -1,11 +1,14 @@
 """Prepare the next batches on a background thread when there are no DataLoader workers.
 
 On a CPU-only machine the model's own threads want every core, so `train` and `eval` start no
-worker processes there (see ``resolve_num_workers``). Preparing a batch (decoding the pages,
-the processor's resize and normalise, tokenising) then ran between steps, on the critical path.
-Most of that work is in PIL and torch kernels that release the GIL, so a thread can do it while
-the step computes: measured on 2 cores, the demo model trained about 12 % faster this way
-(bench/RESULTS.md has the benchmark figures).
+worker processes there (see ``resolve_num_workers``); preparing a batch (decoding the pages, the
+processor's resize and normalise, tokenising) would then run between steps. A thread can do it
+meanwhile, in the cores' idle moments: most of that work is in PIL and torch kernels that release
+the GIL. The thread runs at the lowest CPU priority with one torch thread, so it never takes a
+core the step wants. What that buys depends on how busy the step keeps the cores: on the bench's
+2 cores, where the step keeps both busy, almost nothing (the batch is then prepared while the step
+waits, as without the thread); with more cores than torch threads, or with a GPU and
+``--num-workers 0``, the batch is ready when the step asks. See bench/RESULTS.md.
 
 torchdata's ``nodes.Prefetcher`` does the same inside its own node graph; the Trainer and
 accelerate want a ``DataLoader``, so this keeps the DataLoader and threads only its iteration.
@@ -46,8 +49,8 @@ def prefetch(
     Closing the returned generator early (a run that stops mid-epoch) stops the producer.
     ``torch_threads``: intra-op threads of torch calls made on the producer thread (a per-thread
     setting); one by default, so the processor's resizes do not start a second team of OpenMP
-    threads that fights the training step's for the cores (measured: steps then slowed by more
-    than the batch preparation took). ``lower_priority``: run the producer at the lowest CPU
+    threads that fights the training step's for the cores (measured on 2 cores at normal
+    priority: forward and backward then slowed by more than the batch preparation took). ``lower_priority``: run the producer at the lowest CPU
     priority, so it uses the cores the step leaves idle instead of taking them from the step;
     when the step waits for a batch, nothing else wants the cores and the producer runs.
     """
