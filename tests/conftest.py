@@ -114,3 +114,21 @@ def run_python(code: str, *, env: dict[str, str] | None = None, tf449: bool = Fa
             pytest.fail(f"transformers 4.49 overlay missing at {TF449_OVERLAY}: run the README's install command")
         full_env["PYTHONPATH"] = str(TF449_OVERLAY) + os.pathsep + full_env.get("PYTHONPATH", "")
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env, timeout=timeout)
+
+
+def run_with_demo_checkpoint(script: str, workdir: Path) -> dict:
+    """Run ``script`` in a fresh interpreter whose private HF_HOME holds the demo checkpoint (at
+    its needs-fix revision), offline, on one thread; returns the JSON it printed after ``RESULT ``."""
+    import json
+
+    from florence_patch.demo.checkpoint import build_demo_repo
+
+    home = workdir / "hf"
+    home.mkdir()
+    build_demo_repo(home)
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_MODULES_CACHE")}
+    env.update(HF_HOME=str(home), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=workdir, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))
+    return json.loads(line[len("RESULT "):])

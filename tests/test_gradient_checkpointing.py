@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
+
+from .conftest import run_with_demo_checkpoint
 
 SCRIPT = textwrap.dedent(
     """
@@ -62,16 +59,7 @@ SCRIPT = textwrap.dedent(
 
 
 def test_vision_tower_layers_are_recomputed_with_identical_gradients(tmp_path):
-    from florence_patch.demo.checkpoint import build_demo_repo
-
-    home = tmp_path / "hf"
-    home.mkdir()
-    build_demo_repo(home)
-    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_MODULES_CACHE")}
-    env.update(HF_HOME=str(home), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    result = json.loads(next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))[len("RESULT "):])
+    result = run_with_demo_checkpoint(SCRIPT, tmp_path)
 
     assert result["wrapped"] == result["layers"] > 0
     assert result["wrapped_when_frozen"] == 0

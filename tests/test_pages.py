@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import datasets
@@ -15,6 +11,8 @@ from PIL import Image
 
 from florence_patch.training.evaluate import length_sorted_batches
 from florence_patch.training.pages import distinct_pages, page_keys
+
+from .conftest import run_with_demo_checkpoint
 
 
 def _png(color: str) -> bytes:
@@ -91,16 +89,7 @@ SCRIPT = textwrap.dedent(
 
 
 def test_generate_sharing_pages_encodes_each_page_once_with_the_same_answers(tmp_path):
-    from florence_patch.demo.checkpoint import build_demo_repo
-
-    home = tmp_path / "hf"
-    home.mkdir()
-    build_demo_repo(home)
-    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_MODULES_CACHE")}
-    env.update(HF_HOME=str(home), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    result = json.loads(next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))[len("RESULT "):])
+    result = run_with_demo_checkpoint(SCRIPT, tmp_path)
     assert result["pages"] < result["questions"]  # the rows share pages, as DocVQA's do
     assert result["plain_encoded"] == [result["questions"]]
     assert result["shared_encoded"] == [result["pages"]]
