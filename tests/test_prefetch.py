@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 
@@ -105,13 +106,17 @@ def test_accelerate_prepared_loader_keeps_its_epochs_and_end_of_epoch_flag():
         assert len(got) == len(expected) and all(torch.equal(a, b) for a, b in zip(got, expected))
 
 
-def test_the_producer_runs_torch_single_threaded_and_leaves_the_consumer_alone():
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is Linux's")
+def test_the_producer_runs_single_threaded_at_low_priority_and_leaves_the_consumer_alone():
+    import os
+
     seen = []
 
     def produce():
-        seen.append(torch.get_num_threads())
+        seen.append((torch.get_num_threads(), os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
         yield 0
 
-    before = torch.get_num_threads()
+    threads, priority = torch.get_num_threads(), os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     assert list(prefetch(produce())) == [0]
-    assert seen == [1] and torch.get_num_threads() == before
+    assert seen == [(1, 19)]
+    assert (torch.get_num_threads(), os.getpriority(os.PRIO_PROCESS, threading.get_native_id())) == (threads, priority)

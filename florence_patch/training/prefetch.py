@@ -47,12 +47,15 @@ def prefetch(
 
     An exception in the producer is raised in the consumer, at the item where it happened.
     Closing the returned generator early (a run that stops mid-epoch) stops the producer.
+
     ``torch_threads``: intra-op threads of torch calls made on the producer thread (a per-thread
     setting); one by default, so the processor's resizes do not start a second team of OpenMP
     threads that fights the training step's for the cores (measured on 2 cores at normal
-    priority: forward and backward then slowed by more than the batch preparation took). ``lower_priority``: run the producer at the lowest CPU
-    priority, so it uses the cores the step leaves idle instead of taking them from the step;
-    when the step waits for a batch, nothing else wants the cores and the producer runs.
+    priority: forward and backward then slowed by more than the batch preparation took).
+
+    ``lower_priority``: run the producer at the lowest CPU priority, so it uses the cores the
+    step leaves idle instead of taking them from the step; when the step waits for a batch,
+    nothing else wants the cores and the producer runs.
     """
     items: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
