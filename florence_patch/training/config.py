@@ -413,8 +413,10 @@ def resolve_num_workers(num_workers: int | None) -> int:
     """The DataLoader workers to start: as asked, else 0 without an accelerator, else one per spare core.
 
     Measured on 2 cores (bench/RESULTS.md): a worker there takes a core from the model's own
-    threads, and preparing a batch costs a tenth of a training step, so CPU runs are faster
-    without workers. With a GPU the CPU only feeds the device: workers overlap that with compute.
+    threads, while preparing a batch costs under a tenth of a training step; with 2 workers and
+    1 torch thread training ran at 0.76-1.97x the published recipe's speed depending on the
+    machine's load, without workers at parity. With a GPU the CPU only feeds the device: workers
+    overlap that with compute.
     """
     if num_workers is not None:
         return num_workers
@@ -487,9 +489,10 @@ def to_training_arguments(config: TrainConfig):
         # Non-reentrant: with a frozen vision tower or LoRA the checkpointed inputs need no grad,
         # and the reentrant variant would then drop the gradients of the layers inside.
         kwargs[f"{checkpointing}_kwargs"] = {"use_reentrant": False}
-    # One fused kernel for the whole AdamW update (CPU too since torch 2.4); transformers only
-    # makes it the default from torch 2.8, and not at all on 4.x.
-    if _torch_at_least("2.4"):
+    # One fused kernel for the whole AdamW update (CUDA, and CPU since torch 2.4); transformers
+    # only makes it the default from torch 2.8, and not at all on 4.x. Other accelerators keep
+    # transformers' choice.
+    if _torch_at_least("2.4") and (_has_cuda() or not _has_accelerator()):
         kwargs["optim"] = "adamw_torch_fused"
     if "save_safetensors" in accepted:
         kwargs["save_safetensors"] = True
