@@ -11,8 +11,9 @@
 # Options (defaults in brackets): --device [cuda] --shape [base] --steps [15] --warmup [3]
 # --pairs [2] --batch-size [8] --questions [32, from the fitted pages] --fit-steps [per shape]
 # --threads [torch's] --no-checkpointing (skip the --gradient-checkpointing memory run)
-# --no-record (print only; RESULTS.md untouched). PYTHON picks the interpreter (default:
-# .venv/bin/python when there is one, else python3).
+# --no-record (print only; RESULTS.md untouched) --workdir DIR (kept, so that train_bench.py or
+# eval_bench.py --workdir DIR can reuse it; default: a temporary one, removed). PYTHON picks the
+# interpreter (default: .venv/bin/python when there is one, else python3).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -21,7 +22,7 @@ if [[ -z "$python" ]]; then
   if [[ -x .venv/bin/python ]]; then python=.venv/bin/python; else python=python3; fi
 fi
 
-device=cuda shape=base steps=15 warmup=3 pairs=2 batch=8 questions=32
+device=cuda shape=base steps=15 warmup=3 pairs=2 batch=8 questions=32 workdir=
 train_extra=() eval_extra=() common_extra=()
 while (($#)); do
   case "$1" in
@@ -36,15 +37,18 @@ while (($#)); do
     --threads) common_extra+=(--threads "$2"); shift 2 ;;
     --no-checkpointing) train_extra+=(--no-checkpointing); shift ;;
     --no-record) common_extra+=(--no-record); shift ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    --workdir) workdir=$2; shift 2 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "gpu.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 
 # One work directory for both benchmarks: the shape's checkpoint is built, fixed and its pages
 # rendered once.
-workdir="$(mktemp -d "${TMPDIR:-/tmp}/fp-gpu-bench-XXXXXX")"
-trap 'rm -rf "$workdir"' EXIT
+if [[ -z "$workdir" ]]; then
+  workdir="$(mktemp -d "${TMPDIR:-/tmp}/fp-gpu-bench-XXXXXX")"
+  trap 'rm -rf "$workdir"' EXIT
+fi
 started=$SECONDS
 
 "$python" bench/train_bench.py --shape "$shape" --device "$device" --pairs "$pairs" --warmup "$warmup" \

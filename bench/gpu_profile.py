@@ -1,0 +1,236 @@
+"""Where a training step's and an evaluation pass's time goes, on the device the benchmarks use.
+
+Not a benchmark of the product against the recipe (train_bench.py and eval_bench.py are): this
+takes the pieces apart, in one interpreter, on the shape's checkpoint (fixed with florence-patch
+as a user would), and prints one JSON line per measurement:
+
+* ``train-step`` -- one optimiser step on a batch already on the device (no data loading), per
+  precision: fp32 (as the recipe runs), bf16 autocast (as ``train`` runs on GPUs), and bf16
+  autocast under ``torch.compile`` (``--compile``). Wall ms per step, the process's CPU ms per
+  step, and on CUDA the kernels' own time per step and the kernel launches per step (one
+  profiled step, torch.profiler): when the kernels' time is far below the wall time and the CPU
+  time matches the wall time, the step is bound by launching kernels from Python, not by the GPU.
+* ``eval-loader`` -- the evaluation DataLoader alone (decode, resize, tokenise), with and without
+  worker processes: seconds to the first batch and to the last.
+* ``eval-model-only`` -- the model's share: generation on batches prepared beforehand.
+* ``eval-generate`` -- ``generate_predictions`` (what ``eval`` times) with and without workers,
+  twice each (a first pass pays worker start-up and lazy imports).
+
+    .venv/bin/python bench/gpu_profile.py --shape base --device cuda
+    .venv/bin/python bench/gpu_profile.py --shape small --device cpu --steps 2 --no-compile   # dry run
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from workload import SHAPES, device_name, emit, now, prepare, resolve_device, synchronize, thread_env  # noqa: E402
+
+TITLE = "where the time goes (gpu_profile.py)"
+TASK_PROMPT = "<DocVQA>"
+
+
+def _kernel_profile(device: str, run_step) -> dict[str, Any]:
+    """Kernel time and kernel launches of one step, from torch.profiler (CUDA only)."""
+    if device != "cuda":
+        return {}
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        run_step()
+        synchronize(device)
+    from torch.autograd import DeviceType
+
+    # Kernels only: an operator's row also carries the device time of the kernels it launched.
+    kernel_us = sum(event.device_time_total for event in prof.events() if event.device_type == DeviceType.CUDA)
+    launches = sum(
+        event.count for event in prof.key_averages() if "LaunchKernel" in event.key or event.key == "cuLaunchKernel"
+    )
+    return {"kernel_ms_per_step": round(kernel_us / 1000, 1), "kernel_launches_per_step": launches}
+
+
+def _time_steps(device: str, run_step, steps: int) -> dict[str, float]:
+    synchronize(device)
+    wall, cpu = now(), time.process_time()
+    for _ in range(steps):
+        run_step()
+    synchronize(device)
+    wall, cpu = now() - wall, time.process_time() - cpu
+    return {"wall_ms_per_step": round(1000 * wall / steps, 1), "cpu_ms_per_step": round(1000 * cpu / steps, 1)}
+
+
+def profile_training(args, device: str, model, batch: dict, record, *, compiled_only: bool = False) -> None:
+    import torch
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, **({"fused": True} if device == "cuda" else {}))
+    if compiled_only:
+        variants = [("bf16 autocast + torch.compile", torch.bfloat16, True)]
+    else:
+        variants = [("fp32", None, False)] + ([("bf16 autocast", torch.bfloat16, False)] if device == "cuda" else [])
+    for name, dtype, compiled in variants:
+        forward = torch.compile(model) if compiled else model
+
+        def run_step(forward=forward, dtype=dtype):
+            context = torch.autocast(device_type=device, dtype=dtype) if dtype else contextlib.nullcontext()
+            with context:
+                loss = forward(**batch).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        try:
+            first = now()
+            run_step()  # the first step: warm-up, and compilation where compiled
+            synchronize(device)
+            first = now() - first
+            run_step()
+            measured = _time_steps(device, run_step, args.steps)
+            kernels = _kernel_profile(device, run_step)
+        except Exception as error:  # a profile reports what failed and goes on to the next variant
+            record({"what": "train-step", "variant": name, "error": f"{type(error).__name__}: {error}"[:500]})
+            continue
+        record({
+            "what": "train-step", "variant": name, "batch_size": len(batch["input_ids"]),
+            "first_step_s": round(first, 2), **measured, **kernels,
+            "samples_per_s": round(len(batch["input_ids"]) * 1000 / measured["wall_ms_per_step"], 2),
+        })
+    if compiled_only:
+        return
+    record({
+        "what": "train-settings",
+        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+        "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+    })
+    del optimizer
+
+
+def profile_evaluation(args, device: str, model, processor, rows, record) -> None:
+    import torch
+    from torch.utils.data import DataLoader
+
+    from florence_patch.training.data import Florence2VQAEvalCollator, VQAColumns
+    from florence_patch.training.evaluate import generate_predictions
+    from florence_patch.training.pages import generate_sharing_pages
+
+    model.to(torch.bfloat16 if device == "cuda" else torch.float32)  # as `eval` loads it
+    questions = rows.select(range(min(args.questions, len(rows))))
+    for workers in (args.workers, 0):
+        loader = DataLoader(
+            questions, batch_size=8, shuffle=False, num_workers=workers,
+            collate_fn=Florence2VQAEvalCollator(processor, task_prompt=TASK_PROMPT),
+        )
+        started = now()
+        first = None
+        for _ in loader:
+            first = first if first is not None else now() - started
+        record({"what": "eval-loader", "num_workers": workers, "questions": len(questions),
+                "first_batch_s": round(first, 3), "all_batches_s": round(now() - started, 3)})
+    # The model's share alone: the same batches, prepared beforehand.
+    batches = list(DataLoader(questions, batch_size=8, collate_fn=Florence2VQAEvalCollator(processor, task_prompt=TASK_PROMPT)))
+    dtype = next(model.parameters()).dtype
+    for attempt in (1, 2):
+        synchronize(device)
+        started = now()
+        with torch.no_grad():
+            for batch in batches:
+                generate_sharing_pages(
+                    model, input_ids=batch["input_ids"].to(device),
+                    pixel_values=batch["pixel_values"].to(device=device, dtype=dtype), page_index=batch["page_index"],
+                    max_new_tokens=args.max_new_tokens, num_beams=3, do_sample=False,
+                )
+        synchronize(device)
+        seconds = now() - started
+        record({"what": "eval-model-only", "pass": attempt, "questions": len(questions), "batches": len(batches),
+                "seconds": round(seconds, 3), "answers_per_s": round(len(questions) / seconds, 2)})
+    for workers in (args.workers, 0):
+        for attempt in (1, 2):
+            synchronize(device)
+            started = now()
+            predictions = generate_predictions(
+                model, processor, questions, task_prompt=TASK_PROMPT, columns=VQAColumns(), batch_size=8,
+                num_beams=3, max_new_tokens=args.max_new_tokens, num_workers=workers, show_progress=False,
+            )
+            synchronize(device)
+            seconds = now() - started
+            record({"what": "eval-generate", "num_workers": workers, "pass": attempt, "questions": len(predictions),
+                    "seconds": round(seconds, 3), "answers_per_s": round(len(predictions) / seconds, 2)})
+
+
+def profile_arm(args) -> None:
+    import torch
+
+    from florence_patch.training.data import Florence2VQACollator, load_vqa_split
+    from florence_patch.training.model import fix_remote_code, load_model_and_processor
+
+    device = resolve_device(args.device)
+
+    def record(line: dict) -> None:
+        emit({**line, "shape": args.shape, "device": device_name(device)}, title=TITLE, save=args.record)
+
+    code = fix_remote_code(args.model)
+    model, processor = load_model_and_processor(code, dtype=torch.float32)
+    model.to(device).train()
+    rows = load_vqa_split(args.data, "train")
+    batch = Florence2VQACollator(processor, task_prompt=TASK_PROMPT)([rows[i] for i in range(args.batch_size)])
+    batch = {key: value.to(device) for key, value in batch.items()}
+    if args.train:
+        profile_training(args, device, model, batch, record)
+    if args.eval:
+        profile_evaluation(args, device, model.eval(), processor, rows, record)
+    # Last: compiling can take minutes, and what came before is printed by then.
+    if args.train and args.compile and device == "cuda":
+        model.to(torch.float32).train()
+        profile_training(args, device, model, batch, record, compiled_only=True)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="base")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=10, help="timed training steps per variant")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time the bf16 step under torch.compile (CUDA)")
+    parser.add_argument("--questions", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=8, help="DataLoader workers of the worker variants")
+    parser.add_argument("--max-new-tokens", type=int, default=4,
+                        help="random weights never stop: this caps answers near the fitted model's length")
+    parser.add_argument("--train", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--eval", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--record", action=argparse.BooleanOptionalAction, default=True,
+                        help="append the lines to bench/RESULTS.md")
+    parser.add_argument("--workdir", help="work directory (reused when prepared for the same shape)")
+    parser.add_argument("--arm", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--data", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.arm:
+        profile_arm(args)
+        return
+    shape = SHAPES[args.shape]
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix=f"fp-profile-{shape.name}-"))
+    workload = prepare(shape, workdir, train_rows=max(args.questions, args.batch_size), eval_rows=4, seed=args.seed)
+    env = workload.env(**({"CUDA_VISIBLE_DEVICES": ""} if args.device == "cpu" else {}), **thread_env(args.threads))
+    forwarded = [arg for arg in (argv if argv is not None else sys.argv[1:])]
+    command = [sys.executable, __file__, *forwarded, "--arm", "--model", shape.repo_id, "--data", str(workload.data_dir)]
+    # The arm prints its lines as it goes, so a run cut short still shows what it measured.
+    raise SystemExit(subprocess.run(command, env=env).returncode)
+
+
+if __name__ == "__main__":
+    main()
