@@ -9,8 +9,9 @@ model and the same questions, interleaved, each in a fresh interpreter:
   processor called in the loop, ``generate(num_beams=3, max_new_tokens=1024)`` in fp32,
   ``batch_decode`` and ``post_process_generation`` per answer.
 * ``ours`` -- ``florence_patch.training.evaluate.evaluate(EvalConfig(...))``, the function behind
-  ``florence-patch eval``, with its defaults (length-sorted batches, DataLoader workers, bf16 on
-  GPUs that have it, its own batch size and token limit).
+  ``florence-patch eval``, with its defaults (length-sorted batches, DataLoader workers when the
+  evaluation is long enough to start them, bf16 on GPUs that have it, its own batch size and
+  token limit).
 
 Answers/s counts every question over the generation loop's wall time (pre-processing included;
 model loading not), after each arm has answered the first ``--warmup-questions`` untimed (a
@@ -144,7 +145,7 @@ def baseline_arm(args) -> dict[str, Any]:
 
 def ours_arm(args) -> dict[str, Any]:
     from florence_patch.training import evaluate as evaluation
-    from florence_patch.training.config import EvalConfig, resolve_num_workers
+    from florence_patch.training.config import EvalConfig
 
     device = resolve_device(args.device)
     memory = PeakMemory(device)
@@ -189,7 +190,7 @@ def ours_arm(args) -> dict[str, Any]:
             "num_beams": config.num_beams,
             "max_new_tokens": config.max_new_tokens,
             "precision": _PRECISION_NAMES.get(result.settings["dtype"], result.settings["dtype"]),
-            "num_workers": resolve_num_workers(config.num_workers),
+            "num_workers": result.settings["num_workers"],
             "order": "length-sorted",
         },
         "predictions": _prediction_rows(

@@ -44,6 +44,29 @@ def test_workers_default_to_none_on_cpu_and_spare_cores_with_an_accelerator(monk
     assert config_module.resolve_num_workers(None) == 1
 
 
+def test_short_evaluations_prepare_pages_on_the_thread_long_ones_start_workers(monkeypatch):
+    import datasets
+
+    from florence_patch.training.evaluate import generation_workers
+
+    monkeypatch.setattr(config_module, "_has_accelerator", lambda: True)
+    monkeypatch.setattr(config_module.os, "cpu_count", lambda: 16)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    few = config_module.MIN_EVAL_BATCHES_FOR_WORKERS - 1
+    assert config_module.resolve_eval_num_workers(None, few) == 0  # the workers' start would cost more
+    assert config_module.resolve_eval_num_workers(None, few + 1) == 8
+    assert config_module.resolve_eval_num_workers(None, None) == 8  # a stream: its length is unknown
+    assert config_module.resolve_eval_num_workers(2, 1) == 2  # asked for: kept
+    # 32 questions in batches of 8: 4 batches; 200 in batches of 8 over 2 processes: 13 each.
+    assert generation_workers(None, datasets.Dataset.from_dict({"q": list(range(32))}), 8) == 0
+    assert generation_workers(None, datasets.Dataset.from_dict({"q": list(range(200))}), 8, 2) == 8
+    assert generation_workers(None, datasets.Dataset.from_dict({"q": list(range(200))}), 8, 3) == 0
+    stream = datasets.Dataset.from_dict({"q": list(range(8))}).to_iterable_dataset()
+    assert generation_workers(None, stream, 8) == 8
+    monkeypatch.setattr(config_module, "_has_accelerator", lambda: False)
+    assert config_module.resolve_eval_num_workers(None, 1000) == 0  # CPU only: no workers at all
+
+
 def test_every_problem_is_reported_at_once_naming_the_option():
     with pytest.raises(UsageError) as caught:
         TrainConfig(dataset=" ", batch_size=0, warmup_ratio=1.5, precision="fp8", streaming=True, report_to="mlflow")

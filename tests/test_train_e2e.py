@@ -300,6 +300,7 @@ def test_eval_cli_on_the_saved_model_with_the_hub_dataset_id(workdir, trained):
     printed = json.loads(proc.stdout[proc.stdout.index("["):])[0]
     metrics = json.loads((results / "metrics.json").read_text())
     assert printed["anls"] == metrics["anls"] and metrics["count"] == metrics["scored"] == 5
+    assert metrics["settings"]["num_workers"] == 1  # asked for: kept, however short the evaluation
     assert 0.0 <= metrics["anls"] <= 1.0 and 0.0 <= metrics["exact_match"] <= 1.0
     assert metrics["anls_by_type"] and sum(metrics["count_by_type"].values()) >= 5
     rows = [json.loads(line) for line in (results / "predictions.jsonl").read_text().splitlines()]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import logging
 import os
 import time
@@ -178,6 +179,18 @@ def _model_dtype(model):
     return None
 
 
+def generation_workers(num_workers: int | None, dataset, batch_size: int, num_processes: int = 1) -> int:
+    """DataLoader workers for answering ``dataset`` (``resolve_eval_num_workers`` on its batch count)."""
+    import datasets
+
+    from florence_patch.training.config import resolve_eval_num_workers
+
+    batches = None
+    if not isinstance(dataset, datasets.IterableDataset):
+        batches = math.ceil(math.ceil(len(dataset) / batch_size) / num_processes)
+    return resolve_eval_num_workers(num_workers, batches)
+
+
 def generate_predictions(
     model,
     processor,
@@ -326,11 +339,8 @@ def evaluate(config) -> EvalResult:
     # already ran threads here would be switched to serial there, with a warning per worker.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     started = time.perf_counter()
-    from florence_patch.training.config import resolve_num_workers
     from florence_patch.training.model import cap_cpu_threads
 
-    num_workers = resolve_num_workers(config.num_workers)
-    cap_cpu_threads(num_workers)
     dataset = limit_rows(
         load_vqa_split(
             config.dataset,
@@ -341,6 +351,8 @@ def evaluate(config) -> EvalResult:
         ),
         config.max_samples,
     )
+    num_workers = generation_workers(config.num_workers, dataset, config.batch_size)
+    cap_cpu_threads(num_workers)
     code = fix_remote_code(config.model, config.revision)
     dtype = eval_dtype(config.precision)
     model, processor = load_model_and_processor(code, dtype=dtype)
@@ -376,6 +388,7 @@ def evaluate(config) -> EvalResult:
             "task_prompt": config.task_prompt,
             "dtype": str(dtype).removeprefix("torch."),
             "device": str(device),
+            "num_workers": num_workers,
             "max_samples": config.max_samples,
         },
     )
@@ -391,6 +404,7 @@ __all__ = [
     "answer_text",
     "evaluate",
     "generate_predictions",
+    "generation_workers",
     "length_sorted_batches",
     "score",
 ]

@@ -26,6 +26,7 @@ from florence_patch.training.config import TrainConfig, resolve_precision, to_tr
 from florence_patch.training.evaluate import (
     Prediction,
     generate_predictions,
+    generation_workers,
     limit_rows,
     score,
     scores_dict,
@@ -164,7 +165,7 @@ class GenerationEval:
     batch_size: int
     num_beams: int
     max_new_tokens: int
-    num_workers: int
+    num_workers: int | None  # None: resolve_eval_num_workers decides per evaluation
 
 
 def _trainer_classes():
@@ -221,7 +222,9 @@ def _trainer_classes():
                 batch_size=settings.batch_size,
                 num_beams=settings.num_beams,
                 max_new_tokens=settings.max_new_tokens,
-                num_workers=settings.num_workers,
+                num_workers=generation_workers(
+                    settings.num_workers, dataset, settings.batch_size, self.args.world_size
+                ),
                 process_index=self.args.process_index,
                 num_processes=self.args.world_size,
                 autocast=self.accelerator.autocast,
@@ -310,7 +313,7 @@ def train(config: TrainConfig) -> TrainResult:
             batch_size=config.per_device_eval_batch_size,
             num_beams=config.num_beams,
             max_new_tokens=config.max_new_tokens,
-            num_workers=args.dataloader_num_workers,
+            num_workers=config.num_workers,
         ),
     )
 
