@@ -13,6 +13,10 @@ as a user would), and prints one JSON line per measurement:
 * ``eval-loader`` -- the evaluation DataLoader alone (decode, resize, tokenise), with and without
   worker processes: seconds to the first batch and to the last.
 * ``eval-model-only`` -- the model's share: generation on batches prepared beforehand.
+* ``eval-page-count`` -- the same questions on 1 to 8 distinct pages, each count twice: what a
+  shape costs the first time it is seen.
+* ``train-trainer`` -- ``florence-patch train`` itself (the Trainer, its DataLoader workers, then
+  none): wall and CPU ms a step, the main thread's busiest operators and its synchronisations.
 * ``eval-generate`` -- ``generate_predictions`` (what ``eval`` times) with and without workers,
   twice each (a first pass pays worker start-up and lazy imports).
 
@@ -151,6 +155,24 @@ def profile_evaluation(args, device: str, model, processor, rows, record) -> Non
         seconds = now() - started
         record({"what": "eval-model-only", "pass": attempt, "questions": len(questions), "batches": len(batches),
                 "seconds": round(seconds, 3), "answers_per_s": round(len(questions) / seconds, 2)})
+    # First-time costs per shape: the same 8 questions on 1..8 distinct pages, each count twice.
+    first_batch = batches[0]
+    pages = torch.cat([batch["pixel_values"] for batch in batches])[:8]
+    for count in range(1, min(8, len(pages)) + 1):
+        seconds = []
+        for _ in (1, 2):
+            synchronize(device)
+            started = now()
+            with torch.no_grad():
+                generate_sharing_pages(
+                    model, input_ids=first_batch["input_ids"].to(device),
+                    pixel_values=pages[:count].to(device=device, dtype=dtype),
+                    page_index=[row % count for row in range(len(first_batch["input_ids"]))],
+                    max_new_tokens=args.max_new_tokens, num_beams=3, do_sample=False,
+                )
+            synchronize(device)
+            seconds.append(round(now() - started, 3))
+        record({"what": "eval-page-count", "pages": count, "first_s": seconds[0], "second_s": seconds[1]})
     for workers in (args.workers, 0):
         for attempt in (1, 2):
             synchronize(device)
@@ -163,6 +185,65 @@ def profile_evaluation(args, device: str, model, processor, rows, record) -> Non
             seconds = now() - started
             record({"what": "eval-generate", "num_workers": workers, "pass": attempt, "questions": len(predictions),
                     "seconds": round(seconds, 3), "answers_per_s": round(len(predictions) / seconds, 2)})
+
+
+def profile_trainer(args, device: str, record) -> None:
+    """``florence-patch train``'s own steps: wall and CPU time a step, and what the main thread does.
+
+    Steps 1-3 are left out, steps 4-5 run under torch.profiler (the main thread's busiest
+    operators and its synchronisations with the device), steps 6 onwards are timed.
+    """
+    import torch
+    import transformers.trainer as trainer_module
+    from torch.profiler import ProfilerActivity, profile
+    from transformers import TrainerCallback
+
+    from florence_patch.training.config import TrainConfig
+    from florence_patch.training.train import train
+
+    warmup, profiled, timed = 3, 2, args.steps
+    for workers in (None, 0):
+        window: dict[str, Any] = {}
+        profiler = profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else []))
+
+        class StepWindows(TrainerCallback):
+            def on_step_end(self, args_, state, control, **kwargs):
+                step = state.global_step
+                if step == warmup:
+                    synchronize(device)
+                    profiler.__enter__()
+                elif step == warmup + profiled:
+                    synchronize(device)
+                    profiler.__exit__(None, None, None)
+                    window["start"], window["cpu"] = now(), time.process_time()
+                elif step == warmup + profiled + timed:
+                    synchronize(device)
+                    window["wall"], window["cpu"] = now() - window["start"], time.process_time() - window["cpu"]
+                    control.should_save = False
+                return control
+
+        saved_callbacks = trainer_module.DEFAULT_CALLBACKS
+        trainer_module.DEFAULT_CALLBACKS = [*saved_callbacks, StepWindows()]
+        try:
+            train(TrainConfig(
+                model=args.model, dataset=args.data, output_dir=tempfile.mkdtemp(prefix="fp-profile-train-"),
+                max_steps=warmup + profiled + timed, batch_size=args.batch_size, lr=1e-6, warmup_ratio=0.0,
+                eval_steps=0, save_steps=10**9, max_eval_samples=1, num_beams=1, max_new_tokens=2,
+                seed=args.seed, **({} if workers is None else {"num_workers": workers}),
+            ))
+        finally:
+            trainer_module.DEFAULT_CALLBACKS = saved_callbacks
+        events = profiler.key_averages()
+        busiest = sorted(events, key=lambda event: event.self_cpu_time_total, reverse=True)[:12]
+        syncs = [event for event in events if "Synchronize" in event.key or "Memcpy" in event.key]
+        record({
+            "what": "train-trainer", "num_workers": "default" if workers is None else workers,
+            "wall_ms_per_step": round(1000 * window["wall"] / timed, 1),
+            "cpu_ms_per_step": round(1000 * window["cpu"] / timed, 1),
+            "samples_per_s": round(timed * args.batch_size / window["wall"], 2),
+            "busiest_ops_ms_per_step": {e.key[:60]: round(e.self_cpu_time_total / 1000 / profiled, 1) for e in busiest},
+            "syncs_per_step": {e.key: [e.count / profiled, round(e.self_cpu_time_total / 1000 / profiled, 1)] for e in syncs},
+        })
 
 
 def profile_arm(args) -> None:
@@ -186,9 +267,12 @@ def profile_arm(args) -> None:
         profile_training(args, device, model, batch, record)
     if args.eval:
         profile_evaluation(args, device, model.eval(), processor, rows, record)
+    if args.trainer:
+        model.to("cpu")
+        profile_trainer(args, device, record)
     # Last: compiling can take minutes, and what came before is printed by then.
     if args.train and args.compile and device == "cuda":
-        model.to(torch.float32).train()
+        model.to(device=device, dtype=torch.float32).train()
         profile_training(args, device, model, batch, record, compiled_only=True)
 
 
@@ -206,6 +290,8 @@ def parse_args(argv=None):
                         help="random weights never stop: this caps answers near the fitted model's length")
     parser.add_argument("--train", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--eval", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--trainer", action=argparse.BooleanOptionalAction, default=True,
+                        help="also profile `florence-patch train`'s own steps (default workers, then none)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--record", action=argparse.BooleanOptionalAction, default=True,
@@ -224,7 +310,9 @@ def main(argv=None) -> None:
         return
     shape = SHAPES[args.shape]
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix=f"fp-profile-{shape.name}-"))
-    workload = prepare(shape, workdir, train_rows=max(args.questions, args.batch_size), eval_rows=4, seed=args.seed)
+    # Enough rows for the Trainer's steps within one epoch (an epoch restarts the workers).
+    rows = max(args.questions, args.batch_size * (5 + args.steps + 1))
+    workload = prepare(shape, workdir, train_rows=rows, eval_rows=4, seed=args.seed)
     env = workload.env(**({"CUDA_VISIBLE_DEVICES": ""} if args.device == "cpu" else {}), **thread_env(args.threads))
     forwarded = [arg for arg in (argv if argv is not None else sys.argv[1:])]
     command = [sys.executable, __file__, *forwarded, "--arm", "--model", shape.repo_id, "--data", str(workload.data_dir)]
