@@ -15,8 +15,9 @@ as a user would), and prints one JSON line per measurement:
 * ``eval-model-only`` -- the model's share: generation on batches prepared beforehand.
 * ``eval-page-count`` -- the same questions on 1 to 8 distinct pages, each count twice: what a
   shape costs the first time it is seen.
-* ``train-trainer`` -- ``florence-patch train`` itself (the Trainer, its DataLoader workers, then
-  none): wall and CPU ms a step, the main thread's busiest operators and its synchronisations.
+* ``train-trainer`` -- ``florence-patch train`` itself (as it is, without DataLoader workers, and
+  without the Trainer's two host-device synchronisations a step): wall and CPU ms a step, the
+  main thread's busiest operators and its synchronisations.
 * ``eval-generate`` -- ``generate_predictions`` (what ``eval`` times) with and without workers,
   twice each (a first pass pays worker start-up and lazy imports).
 
@@ -193,16 +194,26 @@ def profile_trainer(args, device: str, record) -> None:
     Steps 1-3 are left out, steps 4-5 run under torch.profiler (the main thread's busiest
     operators and its synchronisations with the device), steps 6 onwards are timed.
     """
-    import torch
     import transformers.trainer as trainer_module
     from torch.profiler import ProfilerActivity, profile
     from transformers import TrainerCallback
 
+    import florence_patch.training.train as train_module
     from florence_patch.training.config import TrainConfig
-    from florence_patch.training.train import train
 
+    def without_host_syncs(config):
+        # The Trainer reads each step's loss on the host (its NaN/Inf filter), and accelerate
+        # copies batches to the device blocking; both make the host wait for the device.
+        arguments = to_training_arguments(config)
+        arguments.logging_nan_inf_filter = False
+        arguments.accelerator_config.non_blocking = True
+        return arguments
+
+    to_training_arguments = train_module.to_training_arguments
     warmup, profiled, timed = 3, 2, args.steps
-    for workers in (None, 0):
+    variants = [("default", None, to_training_arguments), ("no workers", 0, to_training_arguments),
+                ("no host syncs", None, without_host_syncs)]
+    for variant, workers, arguments_of in variants:
         window: dict[str, Any] = {}
         profiler = profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else []))
 
@@ -224,8 +235,9 @@ def profile_trainer(args, device: str, record) -> None:
 
         saved_callbacks = trainer_module.DEFAULT_CALLBACKS
         trainer_module.DEFAULT_CALLBACKS = [*saved_callbacks, StepWindows()]
+        train_module.to_training_arguments = arguments_of
         try:
-            train(TrainConfig(
+            train_module.train(TrainConfig(
                 model=args.model, dataset=args.data, output_dir=tempfile.mkdtemp(prefix="fp-profile-train-"),
                 max_steps=warmup + profiled + timed, batch_size=args.batch_size, lr=1e-6, warmup_ratio=0.0,
                 eval_steps=0, save_steps=10**9, max_eval_samples=1, num_beams=1, max_new_tokens=2,
@@ -233,11 +245,12 @@ def profile_trainer(args, device: str, record) -> None:
             ))
         finally:
             trainer_module.DEFAULT_CALLBACKS = saved_callbacks
+            train_module.to_training_arguments = to_training_arguments
         events = profiler.key_averages()
         busiest = sorted(events, key=lambda event: event.self_cpu_time_total, reverse=True)[:12]
         syncs = [event for event in events if "Synchronize" in event.key or "Memcpy" in event.key]
         record({
-            "what": "train-trainer", "num_workers": "default" if workers is None else workers,
+            "what": "train-trainer", "variant": variant,
             "wall_ms_per_step": round(1000 * window["wall"] / timed, 1),
             "cpu_ms_per_step": round(1000 * window["cpu"] / timed, 1),
             "samples_per_s": round(timed * args.batch_size / window["wall"], 2),
@@ -291,7 +304,7 @@ def parse_args(argv=None):
     parser.add_argument("--train", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--eval", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--trainer", action=argparse.BooleanOptionalAction, default=True,
-                        help="also profile `florence-patch train`'s own steps (default workers, then none)")
+                        help="also profile `florence-patch train`'s own steps (three variants)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--record", action=argparse.BooleanOptionalAction, default=True,
