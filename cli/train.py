@@ -94,6 +94,7 @@ LoraDropoutOpt = Annotated[Optional[float], _opt(TrainConfig, "lora_dropout")]
 GradientCheckpointingOpt = Annotated[
     Optional[bool], _opt(TrainConfig, "gradient_checkpointing", "--gradient-checkpointing/--no-gradient-checkpointing")
 ]
+TorchCompileOpt = Annotated[Optional[bool], _opt(TrainConfig, "torch_compile", "--torch-compile/--no-torch-compile")]
 ResumeOpt = Annotated[Optional[bool], _opt(TrainConfig, "resume", "--resume/--no-resume")]
 ReportToOpt = Annotated[Optional[ReportTo], _opt(TrainConfig, "report_to")]
 SeedOpt = Annotated[Optional[int], _opt(TrainConfig, "seed")]
@@ -171,6 +172,7 @@ def train(
     lora_dropout: LoraDropoutOpt = None,
     precision: PrecisionOpt = None,
     gradient_checkpointing: GradientCheckpointingOpt = None,
+    torch_compile: TorchCompileOpt = None,
     streaming: StreamingOpt = None,
     task_prompt: TaskPromptOpt = None,
     resume: ResumeOpt = None,

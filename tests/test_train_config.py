@@ -44,6 +44,11 @@ def test_workers_default_to_none_on_cpu_and_spare_cores_with_an_accelerator(monk
     assert config_module.resolve_num_workers(None) == 1
 
 
+def test_torch_compile_is_opt_in_and_reaches_the_trainer():
+    assert to_training_arguments(TrainConfig(dataset="d", output_dir="o")).torch_compile is False
+    assert to_training_arguments(TrainConfig(dataset="d", output_dir="o", torch_compile=True)).torch_compile is True
+
+
 def test_short_evaluations_prepare_pages_on_the_thread_long_ones_start_workers(monkeypatch):
     import datasets
 
