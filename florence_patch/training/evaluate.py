@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field
