@@ -115,7 +115,6 @@ def profile_training(args, device: str, model, batch: dict, record, *, compiled_
         "tf32_cudnn": torch.backends.cudnn.allow_tf32,
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
     })
-    del optimizer
 
 
 def profile_evaluation(args, device: str, model, processor, rows, record) -> None:
