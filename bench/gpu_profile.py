@@ -141,16 +141,19 @@ def profile_evaluation(args, device: str, model, processor, rows, record) -> Non
     # The model's share alone: the same batches, prepared beforehand.
     batches = list(DataLoader(questions, batch_size=8, collate_fn=Florence2VQAEvalCollator(processor, task_prompt=TASK_PROMPT)))
     dtype = next(model.parameters()).dtype
+
+    def answer(input_ids, pixel_values, page_index) -> None:
+        with torch.no_grad():
+            generate_sharing_pages(
+                model, input_ids=input_ids.to(device), pixel_values=pixel_values.to(device=device, dtype=dtype),
+                page_index=page_index, max_new_tokens=args.max_new_tokens, num_beams=3, do_sample=False,
+            )
+
     for attempt in (1, 2):
         synchronize(device)
         started = now()
-        with torch.no_grad():
-            for batch in batches:
-                generate_sharing_pages(
-                    model, input_ids=batch["input_ids"].to(device),
-                    pixel_values=batch["pixel_values"].to(device=device, dtype=dtype), page_index=batch["page_index"],
-                    max_new_tokens=args.max_new_tokens, num_beams=3, do_sample=False,
-                )
+        for batch in batches:
+            answer(batch["input_ids"], batch["pixel_values"], batch["page_index"])
         synchronize(device)
         seconds = now() - started
         record({"what": "eval-model-only", "pass": attempt, "questions": len(questions), "batches": len(batches),
@@ -163,13 +166,7 @@ def profile_evaluation(args, device: str, model, processor, rows, record) -> Non
         for _ in (1, 2):
             synchronize(device)
             started = now()
-            with torch.no_grad():
-                generate_sharing_pages(
-                    model, input_ids=first_batch["input_ids"].to(device),
-                    pixel_values=pages[:count].to(device=device, dtype=dtype),
-                    page_index=[row % count for row in range(len(first_batch["input_ids"]))],
-                    max_new_tokens=args.max_new_tokens, num_beams=3, do_sample=False,
-                )
+            answer(first_batch["input_ids"], pages[:count], [row % count for row in range(len(first_batch["input_ids"]))])
             synchronize(device)
             seconds.append(round(now() - started, 3))
         record({"what": "eval-page-count", "pages": count, "first_s": seconds[0], "second_s": seconds[1]})
