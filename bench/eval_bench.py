@@ -35,6 +35,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from workload import (  # noqa: E402
+    add_common_arguments,
+    add_our_arm_arguments,
     emit,
     REMOTE_CODE_NOTE,
     CpuClock,
@@ -316,8 +318,8 @@ def orchestrate(args) -> None:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shape", choices=sorted(SHAPES), default="small")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    add_common_arguments(parser, default_shape="small")
+    add_our_arm_arguments(parser)
     parser.add_argument("--pairs", type=int, default=2, help="baseline/ours pairs, interleaved")
     parser.add_argument("--questions", type=int, default=32, help="questions each arm answers")
     parser.add_argument("--warmup-questions", type=int, default=8,
@@ -325,20 +327,12 @@ def parse_args(argv=None):
     parser.add_argument("--split", default="train", help="split the questions come from (train: the fitted pages)")
     parser.add_argument("--fit-steps", type=int, default=None, help="fitting steps (default: per shape)")
     parser.add_argument("--fit-lr", type=float, default=None, help="fitting learning rate (default: per shape)")
-    parser.add_argument("--precision", default="auto", help="our arm's --precision (the baseline is fp32)")
-    parser.add_argument("--num-workers", type=int, default=None, help="our arm's --num-workers (default: its own)")
     parser.add_argument("--batch-size", type=int, default=None, help="our arm's --batch-size (default: its own)")
     parser.add_argument("--max-new-tokens", type=int, default=None,
                         help="our arm's --max-new-tokens (default: its own)")
-    parser.add_argument("--threads", type=int, default=None, help="OMP/MKL threads of every arm (default: torch's)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--record", action=argparse.BooleanOptionalAction, default=True,
-                        help="append the lines to bench/RESULTS.md (--no-record: print only, e.g. for a dry run)")
     parser.add_argument("--workdir", help="work directory, kept and reused (its fitted model too)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary work directory")
     parser.add_argument("--arm", choices=("baseline", "ours"), help=argparse.SUPPRESS)
-    parser.add_argument("--model", help=argparse.SUPPRESS)
-    parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--output-dir", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 

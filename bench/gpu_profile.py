@@ -37,7 +37,17 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from workload import SHAPES, device_name, emit, now, prepare, resolve_device, synchronize, thread_env  # noqa: E402
+from workload import (  # noqa: E402
+    SHAPES,
+    add_common_arguments,
+    device_name,
+    emit,
+    now,
+    prepare,
+    resolve_device,
+    synchronize,
+    thread_env,
+)
 
 TITLE = "where the time goes (gpu_profile.py)"
 TASK_PROMPT = "<DocVQA>"
@@ -287,8 +297,7 @@ def profile_arm(args) -> None:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shape", choices=sorted(SHAPES), default="base")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    add_common_arguments(parser, default_shape="base")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=10, help="timed training steps per variant")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
@@ -301,14 +310,8 @@ def parse_args(argv=None):
     parser.add_argument("--eval", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--trainer", action=argparse.BooleanOptionalAction, default=True,
                         help="also profile `florence-patch train`'s own steps (three variants)")
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--record", action=argparse.BooleanOptionalAction, default=True,
-                        help="append the lines to bench/RESULTS.md")
     parser.add_argument("--workdir", help="work directory (reused when prepared for the same shape)")
     parser.add_argument("--arm", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--model", help=argparse.SUPPRESS)
-    parser.add_argument("--data", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 

@@ -33,6 +33,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from workload import (  # noqa: E402
+    add_common_arguments,
+    add_our_arm_arguments,
     emit,
     REMOTE_CODE_NOTE,
     RSS_FOLLOWS_TENSORS_ENV,
@@ -389,19 +391,12 @@ def measure_checkpointing(
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shape", choices=sorted(SHAPES), default="small")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    add_common_arguments(parser, default_shape="small")
+    add_our_arm_arguments(parser)
     parser.add_argument("--pairs", type=int, default=3, help="baseline/ours pairs, interleaved")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps at the start of each arm")
     parser.add_argument("--steps", type=int, default=12, help="timed steps of each arm")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--precision", default="auto", help="our arm's --precision (the baseline is fp32)")
-    parser.add_argument("--num-workers", type=int, default=None, help="our arm's --num-workers (default: its own)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--record", action=argparse.BooleanOptionalAction, default=True,
-                        help="append the lines to bench/RESULTS.md (--no-record: print only, e.g. for a dry run)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="OMP/MKL threads of every arm (default: torch's own choice, one per core)")
     parser.add_argument("--checkpointing", action=argparse.BooleanOptionalAction, default=True,
                         help="also measure --gradient-checkpointing's peak memory")
     parser.add_argument("--profile", action="store_true", help="synchronise phase boundaries on CUDA (slower)")
@@ -409,8 +404,6 @@ def parse_args(argv=None):
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     # one arm, in its own interpreter (run by the orchestration above)
     parser.add_argument("--arm", choices=("baseline", "ours"), help=argparse.SUPPRESS)
-    parser.add_argument("--model", help=argparse.SUPPRESS)
-    parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--output-dir", help=argparse.SUPPRESS)
     parser.add_argument("--count-flops", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--gradient-checkpointing", action="store_true", help=argparse.SUPPRESS)

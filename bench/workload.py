@@ -285,6 +285,28 @@ def thread_env(threads: int | None) -> dict[str, str]:
     return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
 
 
+def add_common_arguments(parser, *, default_shape: str) -> None:
+    """The options every bench script takes (shape, device, threads, seed, record), and the
+    hidden ones an arm is started with (the model and the data it runs on)."""
+    import argparse
+
+    parser.add_argument("--shape", choices=sorted(SHAPES), default=default_shape)
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="OMP/MKL threads of every arm (default: torch's own choice, one per core)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--record", action=argparse.BooleanOptionalAction, default=True,
+                        help="append the lines to bench/RESULTS.md (--no-record: print only, e.g. for a dry run)")
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--data", help=argparse.SUPPRESS)
+
+
+def add_our_arm_arguments(parser) -> None:
+    """Settings of our arm that default to the product's own (the baseline follows the recipe)."""
+    parser.add_argument("--precision", default="auto", help="our arm's --precision (the baseline is fp32)")
+    parser.add_argument("--num-workers", type=int, default=None, help="our arm's --num-workers (default: its own)")
+
+
 def emit(record: dict[str, Any], *, title: str, save: bool) -> None:
     """Print one JSON line; with ``save``, also append it to RESULTS.md (common.report)."""
     if save:
