@@ -94,6 +94,7 @@ LoraDropoutOpt = Annotated[Optional[float], _opt(TrainConfig, "lora_dropout")]
 GradientCheckpointingOpt = Annotated[
     Optional[bool], _opt(TrainConfig, "gradient_checkpointing", "--gradient-checkpointing/--no-gradient-checkpointing")
 ]
+GroupByPageOpt = Annotated[Optional[bool], _opt(TrainConfig, "group_by_page", "--group-by-page/--no-group-by-page")]
 TorchCompileOpt = Annotated[Optional[bool], _opt(TrainConfig, "torch_compile", "--torch-compile/--no-torch-compile")]
 ResumeOpt = Annotated[Optional[bool], _opt(TrainConfig, "resume", "--resume/--no-resume")]
 ReportToOpt = Annotated[Optional[ReportTo], _opt(TrainConfig, "report_to")]
@@ -173,6 +174,7 @@ def train(
     precision: PrecisionOpt = None,
     gradient_checkpointing: GradientCheckpointingOpt = None,
     torch_compile: TorchCompileOpt = None,
+    group_by_page: GroupByPageOpt = None,
     streaming: StreamingOpt = None,
     task_prompt: TaskPromptOpt = None,
     resume: ResumeOpt = None,

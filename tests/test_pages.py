@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from florence_patch.training.evaluate import length_sorted_batches
-from florence_patch.training.pages import distinct_pages, page_keys
+from florence_patch.training.pages import PageGroupedSampler, distinct_pages, page_keys
 
 from .conftest import run_with_demo_checkpoint
 
@@ -102,3 +102,96 @@ def test_images_that_differ_off_the_sampled_pixels_are_still_told_apart():
     b[0, 1, 1] = 1.0  # not on the sampling grid
     first, index = distinct_pages(torch.stack([a, b, a.clone()]))
     assert first == [0, 1] and index == [0, 1, 0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Training: train --group-by-page.
+
+
+def test_page_grouped_order_covers_every_row_once_with_a_pages_rows_together():
+    keys = ["a", "b", "a", "c", "b", "a", "d"]
+    order = list(PageGroupedSampler(keys, seed=1))
+    assert sorted(order) == list(range(len(keys))) and len(PageGroupedSampler(keys)) == len(keys)
+    pages = [keys[row] for row in order]
+    runs = [page for i, page in enumerate(pages) if i == 0 or pages[i - 1] != page]
+    assert sorted(runs) == ["a", "b", "c", "d"]  # each page's rows form one run
+
+    again = PageGroupedSampler(keys, seed=1)
+    assert list(again) == order  # the same seed and epoch: the same order, in every process
+    orders = set()
+    for epoch in range(6):
+        again.set_epoch(epoch)
+        orders.add(tuple(again))
+    assert len(orders) > 1  # a new order each epoch
+
+
+GROUPED_TRAINING_SCRIPT = textwrap.dedent(
+    """
+    import json, torch
+    from florence_patch.demo.synthetic import make_docvqa
+    from florence_patch.training.data import Florence2VQACollator
+    from florence_patch.training.model import fix_remote_code, load_model_and_processor
+    from florence_patch.training.pages import PageGroupedSampler, SharedPageEncoder, page_keys
+
+    code = fix_remote_code("florence-patch/florence-2-tiny")
+    model, processor = load_model_and_processor(code)
+    model.eval()  # no dropout: both passes must run the same network
+    rows = make_docvqa(num_train=10, num_validation=1, num_test=1, seed=1, max_questions_per_page=3)["train"]
+    order = list(PageGroupedSampler(page_keys(rows, "image"), seed=0))
+    examples = [rows[i] for i in order[:6]]
+    plain = Florence2VQACollator(processor)(examples)
+    shared = Florence2VQACollator(processor, share_pages=True)(examples)
+    encoded = []
+    model.vision_tower.convs[0].register_forward_pre_hook(lambda module, args: encoded.append(args[0].shape[0]))
+    encoder = SharedPageEncoder(model)
+
+    def loss_and_gradients(batch):
+        model.zero_grad()
+        batch = dict(batch)
+        page_index = batch.pop("page_index", None)
+        if page_index is None:
+            loss = model(**batch).loss
+        else:
+            with encoder.pages(page_index):
+                loss = model(**batch).loss
+        loss.backward()
+        return loss.item(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    plain_loss, plain_grads = loss_and_gradients(plain)
+    plain_encoded = list(encoded)
+    encoded.clear()
+    shared_loss, shared_grads = loss_and_gradients(shared)
+    shared_encoded = list(encoded)
+    encoded.clear()
+    with torch.no_grad():
+        model(**plain)  # outside pages(): the model's own forward again
+    vision = [name for name in plain_grads if name.startswith("vision_tower.")]
+    print("RESULT " + json.dumps({
+        "questions": len(examples),
+        "pages": len({example["docId"] for example in examples}),
+        "pixel_rows": [plain["pixel_values"].shape[0], shared["pixel_values"].shape[0]],
+        "same_labels": torch.equal(plain["labels"], shared["labels"]),
+        "same_ids": torch.equal(plain["input_ids"], shared["input_ids"]),
+        "encoded": [plain_encoded, shared_encoded, list(encoded)],
+        "losses": [plain_loss, shared_loss],
+        "same_gradient_names": sorted(plain_grads) == sorted(shared_grads),
+        "vision_gradients": len(vision),
+        "max_gradient_difference": max((plain_grads[n] - shared_grads[n]).abs().max().item() for n in plain_grads),
+        "max_gradient": max(g.abs().max().item() for g in plain_grads.values()),
+    }))
+    """
+)
+
+
+def test_grouped_training_encodes_each_page_once_with_the_same_loss_and_gradients(tmp_path):
+    result = run_with_demo_checkpoint(GROUPED_TRAINING_SCRIPT, tmp_path)
+    questions, pages = result["questions"], result["pages"]
+    assert pages < questions  # the page-grouped order put questions about one page together
+    assert result["pixel_rows"] == [questions, pages]  # the collator prepared each page once
+    assert result["same_labels"] and result["same_ids"]
+    assert result["encoded"] == [[questions], [pages], [questions]]
+    plain_loss, shared_loss = result["losses"]
+    assert abs(plain_loss - shared_loss) <= 1e-5 * max(1.0, abs(plain_loss))
+    assert result["same_gradient_names"] and result["vision_gradients"] > 0
+    assert result["max_gradient"] > 0
+    assert result["max_gradient_difference"] <= 1e-4 * result["max_gradient"]

@@ -82,6 +82,13 @@ def test_every_problem_is_reported_at_once_naming_the_option():
     assert "\n" not in message
 
 
+def test_group_by_page_is_opt_in_and_needs_rows_up_front():
+    assert TrainConfig(dataset="d").group_by_page is False
+    assert TrainConfig(dataset="d", group_by_page=True).group_by_page is True
+    with pytest.raises(UsageError, match="--group-by-page .* --streaming"):
+        TrainConfig(dataset="d", group_by_page=True, streaming=True, max_steps=10)
+
+
 def test_yaml_with_overrides(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text(textwrap.dedent("""\

@@ -179,6 +179,24 @@ def test_train_fixes_the_code_trains_evaluates_and_writes_a_self_contained_direc
     assert f"| ANLS | {evaluation['anls']:.4f} |" in card and "florence-patch train --dataset" in card
 
 
+def test_group_by_page_trains_on_batches_that_share_their_pages(workdir):
+    out = workdir / "grouped"
+    proc = florence_patch(
+        ["train", "--dataset", str(workdir / "data"), "--output-dir", str(out), "--max-steps", "3",
+         "--save-steps", "3", "--eval-steps", "0", "--batch-size", "4", "--group-by-page", *QUICK],
+        workdir / "hf", workdir,
+    )
+    _ok(proc)
+    keyed = re.search(r"--group-by-page: (\d+) questions on (\d+) pages", proc.log)
+    assert keyed and int(keyed[1]) == 16 and int(keyed[2]) < 16
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["global_step"] == 3 and metrics["config"]["group_by_page"] is True
+    # 12 questions trained on, each page of a batch encoded once: fewer encodings than questions.
+    assert metrics["train"]["train_questions_per_encoded_page"] > 1
+    assert all(loss > 0 for loss in _losses(_state(out)).values())
+    assert "--group-by-page" in (out / "README.md").read_text()  # the card's command line
+
+
 def test_resume_continues_from_the_last_checkpoint(workdir, trained):
     out = workdir / "resumed"
     shutil.copytree(trained["out"], out)

@@ -211,10 +211,12 @@ def _answer_list(value: Any) -> list[str]:
 class _Florence2Inputs:
     """Prompt + page -> input_ids, attention_mask, pixel_values, via the Florence-2 processor."""
 
-    def __init__(self, processor: Any, *, task_prompt: str, columns: VQAColumns):
+    def __init__(self, processor: Any, *, task_prompt: str, columns: VQAColumns, share_pages: bool):
         self.processor = processor
         self.task_prompt = task_prompt
         self.columns = columns
+        self.share_pages = share_pages
+        self._sharing_verified = False
 
     def _prompts_and_images(self, examples: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[Image.Image]]:
         if not examples:
@@ -232,6 +234,42 @@ class _Florence2Inputs:
             "pixel_values": encoded["pixel_values"],
         }
 
+    def _encode_sharing_pages(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+        processor = self.processor
+        construct = getattr(processor, "_construct_prompts", None)
+        if construct is None or getattr(processor, "image_processor", None) is None:
+            return None
+        prompts, images = self._prompts_and_images(examples)
+        first, index = distinct_images(images)
+        text = processor.tokenizer(construct(prompts), return_tensors="pt", padding=True, return_token_type_ids=False)
+        pixel_values = processor.image_processor([images[i] for i in first], return_tensors="pt")["pixel_values"]
+        return {
+            "input_ids": text["input_ids"],
+            "attention_mask": text["attention_mask"],
+            "pixel_values": pixel_values,
+            "page_index": index,
+        }
+
+    def _encode_pages(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """The model inputs with one ``pixel_values`` row per distinct page and ``page_index``
+        naming each example's row (see the collators' docstrings); the identity without sharing."""
+        shared = self._encode_sharing_pages(examples) if self.share_pages else None
+        if shared is not None and not self._sharing_verified:
+            whole = self._encode_inputs(examples)
+            same = (
+                torch.equal(whole["input_ids"], shared["input_ids"])
+                and torch.equal(whole["attention_mask"], shared["attention_mask"])
+                and torch.equal(whole["pixel_values"], shared["pixel_values"][shared["page_index"]])
+            )
+            if not same:
+                logger.warning("the processor's parts give other inputs than the whole processor: pages are not shared")
+                self.share_pages = False
+                shared = None
+            self._sharing_verified = True
+        if shared is None:
+            shared = {**self._encode_inputs(examples), "page_index": list(range(len(examples)))}
+        return shared
+
 
 class Florence2VQACollator(_Florence2Inputs):
     """Training batches: the model inputs plus ``labels`` (the answer's token ids, padding -100).
@@ -243,6 +281,10 @@ class Florence2VQACollator(_Florence2Inputs):
 
     Labels longer than ``max_target_length`` tokens are truncated, with one warning per
     collator (per worker process, since each worker has its own copy).
+
+    With ``share_pages`` (``train --group-by-page``), questions about the same page share it as
+    in evaluation: ``pixel_values`` holds one row per distinct page of the batch and the tensor
+    ``page_index`` names each question's row, for ``pages.SharedPageEncoder``.
     """
 
     def __init__(
@@ -254,8 +296,9 @@ class Florence2VQACollator(_Florence2Inputs):
         max_target_length: int = DEFAULT_MAX_TARGET_LENGTH,
         answer_choice: Literal["first", "random"] = "first",
         seed: int = 0,
+        share_pages: bool = False,
     ):
-        super().__init__(processor, task_prompt=task_prompt, columns=columns)
+        super().__init__(processor, task_prompt=task_prompt, columns=columns, share_pages=share_pages)
         if answer_choice not in ("first", "random"):
             raise ValueError(f"answer_choice must be 'first' or 'random', not {answer_choice!r}")
         if max_target_length < 2:
@@ -287,7 +330,11 @@ class Florence2VQACollator(_Florence2Inputs):
         return rng.choice(answers)
 
     def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        batch = self._encode_inputs(examples)
+        if self.share_pages:
+            batch = self._encode_pages(examples)
+            batch["page_index"] = torch.tensor(batch["page_index"], dtype=torch.long)
+        else:
+            batch = self._encode_inputs(examples)
         targets = [self.choose_answer(example) for example in examples]
         tokenizer = self.processor.tokenizer
         # Probe one token past the limit: enough to see an overflow, and it keeps the
@@ -352,43 +399,7 @@ class Florence2VQAEvalCollator(_Florence2Inputs):
         columns: VQAColumns = VQAColumns(),
         share_pages: bool = True,
     ):
-        super().__init__(processor, task_prompt=task_prompt, columns=columns)
-        self.share_pages = share_pages
-        self._sharing_verified = False
-
-    def _encode_sharing_pages(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
-        processor = self.processor
-        construct = getattr(processor, "_construct_prompts", None)
-        if construct is None or getattr(processor, "image_processor", None) is None:
-            return None
-        prompts, images = self._prompts_and_images(examples)
-        first, index = distinct_images(images)
-        text = processor.tokenizer(construct(prompts), return_tensors="pt", padding=True, return_token_type_ids=False)
-        pixel_values = processor.image_processor([images[i] for i in first], return_tensors="pt")["pixel_values"]
-        return {
-            "input_ids": text["input_ids"],
-            "attention_mask": text["attention_mask"],
-            "pixel_values": pixel_values,
-            "page_index": index,
-        }
-
-    def _encode_pages(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        shared = self._encode_sharing_pages(examples) if self.share_pages else None
-        if shared is not None and not self._sharing_verified:
-            whole = self._encode_inputs(examples)
-            same = (
-                torch.equal(whole["input_ids"], shared["input_ids"])
-                and torch.equal(whole["attention_mask"], shared["attention_mask"])
-                and torch.equal(whole["pixel_values"], shared["pixel_values"][shared["page_index"]])
-            )
-            if not same:
-                logger.warning("the processor's parts give other inputs than the whole processor: pages are not shared")
-                self.share_pages = False
-                shared = None
-            self._sharing_verified = True
-        if shared is None:
-            shared = {**self._encode_inputs(examples), "page_index": list(range(len(examples)))}
-        return shared
+        super().__init__(processor, task_prompt=task_prompt, columns=columns, share_pages=share_pages)
 
     def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         batch: dict[str, Any] = self._encode_pages(examples)

@@ -2,16 +2,27 @@
 
 DocVQA asks about four questions per page (train: 39,463 questions on 10,194 pages), and the
 DaViT vision tower is most of the cost of answering one: about two thirds of a CPU evaluation of
-the bench's small shape (torch profile, bench/README.md). The published evaluation loop encodes
-the page again for every question. Here evaluation batches keep a page's questions together
-(``page_keys``), the batch's distinct pages are found by their pixels (``distinct_pages``), and
-``generate_sharing_pages`` runs the vision tower once per distinct page, then hands the language
-model exactly the embeddings ``Florence2ForConditionalGeneration.generate`` would have built.
+the bench's small shape (torch profile, bench/README.md), and four fifths of a CPU training step
+(forward and backward). The published loops encode the page again for every question.
+
+Evaluation: batches keep a page's questions together (``page_keys``), the batch's distinct pages
+are found by their pixels (``distinct_pages``), and ``generate_sharing_pages`` runs the vision
+tower once per distinct page, then hands the language model exactly the embeddings
+``Florence2ForConditionalGeneration.generate`` would have built.
+
+Training (``train --group-by-page``): ``PageGroupedSampler`` orders each epoch page by page, the
+collator prepares each distinct page of a batch once, and ``SharedPageEncoder`` makes the model's
+own forward encode each once and give every question its page's features. The loss and the
+gradients are those of encoding the page once per question (the features' gradients add up where
+the copies were taken); only the make-up of the batches changes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import random
+from collections.abc import Hashable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -67,6 +78,11 @@ def distinct_pages(pixel_values: torch.Tensor) -> tuple[list[int], list[int]]:
     return first, index
 
 
+def _core(model):
+    """The Florence-2 model under a peft wrapper (its LoRA layers live in it)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def generate_sharing_pages(
     model,
     input_ids: torch.Tensor,
@@ -84,7 +100,7 @@ def generate_sharing_pages(
     if page_index is None:
         first, page_index = distinct_pages(pixel_values)
         pixel_values = pixel_values[first]
-    core = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft: LoRA layers live in it
+    core = _core(model)
     repeats = len(pixel_values) < len(page_index)
     if not repeats or not all(callable(getattr(core, name, None)) for name in _SHARED_PAGE_METHODS):
         every = pixel_values[torch.tensor(page_index, device=pixel_values.device)] if repeats else pixel_values
@@ -96,4 +112,72 @@ def generate_sharing_pages(
     return core.generate(input_ids=None, inputs_embeds=embeds, **generate_kwargs)
 
 
-__all__ = ["distinct_pages", "generate_sharing_pages", "page_keys"]
+class PageGroupedSampler(torch.utils.data.Sampler[int]):
+    """Every row once an epoch, a page's questions one after another.
+
+    Pages come in a random order, and the questions of a page in a random order, both drawn
+    from (seed, epoch): the same in every process and in a resumed run (the Trainer calls
+    ``set_epoch``). Cut into batches of eight, DocVQA's order gives batches of two or three pages
+    instead of eight; a page whose questions straddle two batches is encoded in each.
+    """
+
+    def __init__(self, keys: Sequence[Hashable], seed: int = 0):
+        groups: dict[Hashable, list[int]] = {}
+        for row, key in enumerate(keys):
+            groups.setdefault(key, []).append(row)
+        self.groups = list(groups.values())
+        self.seed = seed
+        self.epoch = 0
+        self._rows = len(keys)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self._rows
+
+    def __iter__(self) -> Iterator[int]:
+        rng = random.Random(f"{self.seed}:{self.epoch}")  # a string seed: the same in every process
+        pages = list(range(len(self.groups)))
+        rng.shuffle(pages)
+        for page in pages:
+            rows = list(self.groups[page])
+            rng.shuffle(rows)
+            yield from rows
+
+
+class SharedPageEncoder:
+    """Lets a Florence-2 model's own forward take one ``pixel_values`` row per distinct page.
+
+    Installed once on the model (its ``_encode_image``, the vision tower and projection, is
+    wrapped on the instance; the weights and what is saved are untouched). Inside
+    ``with encoder.pages(page_index):`` the forward encodes the rows it is given and hands
+    question ``i`` the features of row ``page_index[i]``; outside, it is the model's own. The
+    forward itself is still the one called, so DDP, FSDP and torch.compile see the whole model
+    run as usual.
+    """
+
+    def __init__(self, model):
+        core = _core(model)
+        if not callable(getattr(core, "_encode_image", None)):
+            raise TypeError(f"{type(core).__name__} has no _encode_image: pages cannot be shared")
+        self._encode_image = core._encode_image
+        self._page_index: torch.Tensor | None = None
+        core._encode_image = self._encode_each_page_once
+
+    def _encode_each_page_once(self, pixel_values, *args, **kwargs):
+        features = self._encode_image(pixel_values, *args, **kwargs)
+        if self._page_index is None:
+            return features
+        return features.index_select(0, self._page_index.to(features.device))
+
+    @contextlib.contextmanager
+    def pages(self, page_index: torch.Tensor):
+        self._page_index = page_index
+        try:
+            yield
+        finally:
+            self._page_index = None
+
+
+__all__ = ["PageGroupedSampler", "SharedPageEncoder", "distinct_pages", "generate_sharing_pages", "page_keys"]

@@ -153,6 +153,28 @@ def prepare_model(config: TrainConfig, args):
     return code, model, processor, counts
 
 
+def group_by_page(config: TrainConfig, train_dataset, model):
+    """(sampler, encoder) for --group-by-page, or (None, None): the Trainer's own shuffling."""
+    from florence_patch.training.pages import PageGroupedSampler, SharedPageEncoder, page_keys
+
+    if not config.group_by_page:
+        return None, None
+    started = time.perf_counter()
+    keys = page_keys(train_dataset, config.columns.image)
+    if keys is None:
+        logger.warning(
+            "--group-by-page: the %r column holds neither images nor paths, so which rows share a page is "
+            "unknown; batches are shuffled as usual", config.columns.image,
+        )
+        return None, None
+    encoder = SharedPageEncoder(model)
+    logger.info(
+        "--group-by-page: %d questions on %d pages (keyed in %.1f s)",
+        len(keys), len(set(keys)), time.perf_counter() - started,
+    )
+    return PageGroupedSampler(keys, seed=config.seed), encoder
+
+
 # ---------------------------------------------------------------------------------------------
 # The Trainer, with generation-based evaluation.
 
@@ -175,12 +197,34 @@ def _trainer_classes():
     class Florence2VQATrainer(Trainer):
         """Trainer whose evaluation also generates answers and scores them (ANLS, exact match)."""
 
-        def __init__(self, *args, generation_eval: GenerationEval, **kwargs):
+        def __init__(self, *args, generation_eval: GenerationEval, page_order=None, page_encoder=None, **kwargs):
             super().__init__(*args, **kwargs)
             self.generation_eval = generation_eval
+            self.page_order = page_order  # a PageGroupedSampler: --group-by-page
+            self.page_encoder = page_encoder  # a SharedPageEncoder for batches that carry page_index
+            self.grouped_questions = self.grouped_pages = 0  # training questions, and pages encoded for them
             self.last_predictions: tuple[Prediction, ...] = ()
             self.last_scores = None
             self._generation_dataset = None
+
+        def _get_train_sampler(self, train_dataset=None):
+            # Only the training rows are ever sampled here (evaluation has _get_eval_sampler).
+            if self.page_order is not None and len(train_dataset or self.train_dataset) == len(self.page_order):
+                return self.page_order
+            return super()._get_train_sampler(train_dataset)
+
+        def compute_loss(self, model, inputs, *args, **kwargs):
+            page_index = inputs.pop("page_index", None)
+            if page_index is None:
+                return super().compute_loss(model, inputs, *args, **kwargs)
+            if self.page_encoder is None:  # not expected: give every question its own page again
+                inputs["pixel_values"] = inputs["pixel_values"][page_index]
+                return super().compute_loss(model, inputs, *args, **kwargs)
+            if model.training:
+                self.grouped_questions += page_index.shape[0]
+                self.grouped_pages += inputs["pixel_values"].shape[0]
+            with self.page_encoder.pages(page_index):
+                return super().compute_loss(model, inputs, *args, **kwargs)
 
         def get_train_dataloader(self):
             from florence_patch.training.prefetch import prefetch_in_thread
@@ -290,12 +334,14 @@ def train(config: TrainConfig) -> TrainResult:
     code, model, processor, parameters = prepare_model(config, args)
     code_dir = code_directory(model)
 
+    page_order, page_encoder = group_by_page(config, train_dataset, model)
     collator = Florence2VQACollator(
         processor,
         task_prompt=config.task_prompt,
         columns=config.columns,
         answer_choice="random" if config.random_answer else "first",
         seed=config.seed,
+        share_pages=page_encoder is not None,
     )
     trainer_class, epoch_callback, checkpoint_callback = _trainer_classes()
     trainer = trainer_class(
@@ -306,6 +352,8 @@ def train(config: TrainConfig) -> TrainResult:
         data_collator=collator,
         processing_class=processor,
         callbacks=[epoch_callback(collator), checkpoint_callback(code_dir)],
+        page_order=page_order,
+        page_encoder=page_encoder,
         generation_eval=GenerationEval(
             processor=processor,
             task_prompt=config.task_prompt,
@@ -331,6 +379,11 @@ def train(config: TrainConfig) -> TrainResult:
     # Metrics: the final evaluation is of the model as saved.
     eval_metrics = _final_evaluation(trainer)
     train_metrics = dict(train_output.metrics)
+    if trainer.grouped_pages:
+        train_metrics["train_questions_per_encoded_page"] = round(trainer.grouped_questions / trainer.grouped_pages, 3)
+        logger.info(
+            "--group-by-page: %d training questions, %d page encodings", trainer.grouped_questions, trainer.grouped_pages
+        )
     result = TrainResult(
         output_dir=output_dir,
         global_step=trainer.state.global_step,
@@ -435,7 +488,7 @@ def write_run_files(trainer, config: TrainConfig, code, result: TrainResult, *, 
 _CARD_SETTINGS = (
     "epochs", "max_steps", "batch_size", "grad_accum", "lr", "warmup_ratio", "weight_decay", "max_train_samples",
     "freeze_vision", "lora", "lora_rank", "lora_alpha", "precision", "gradient_checkpointing", "random_answer",
-    "task_prompt", "num_beams", "max_new_tokens", "seed",
+    "group_by_page", "task_prompt", "num_beams", "max_new_tokens", "seed",
 )
 
 
