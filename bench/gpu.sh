@@ -11,6 +11,7 @@
 # Options (defaults in brackets): --device [cuda] --shape [base] --steps [15] --warmup [3]
 # --pairs [2] --batch-size [8] --questions [32, from the fitted pages] --fit-steps [per shape]
 # --threads [torch's] --no-checkpointing (skip the --gradient-checkpointing memory run)
+# --no-grouped (skip the `train --group-by-page` arm of each training pair)
 # --no-record (print only; RESULTS.md untouched) --workdir DIR (kept, so that train_bench.py or
 # eval_bench.py --workdir DIR can reuse it; default: a temporary one, removed). PYTHON picks the
 # interpreter (default: .venv/bin/python when there is one, else python3).
@@ -36,9 +37,10 @@ while (($#)); do
     --fit-steps) eval_extra+=(--fit-steps "$2"); shift 2 ;;
     --threads) common_extra+=(--threads "$2"); shift 2 ;;
     --no-checkpointing) train_extra+=(--no-checkpointing); shift ;;
+    --no-grouped) train_extra+=(--no-grouped); shift ;;
     --no-record) common_extra+=(--no-record); shift ;;
     --workdir) workdir=$2; shift 2 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "gpu.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
