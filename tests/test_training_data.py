@@ -30,7 +30,9 @@ from florence_patch.training.data import (
     Florence2VQAEvalCollator,
     VQAColumns,
     load_vqa_split,
+    page_identity,
     to_rgb_image,
+    with_undecoded_images,
 )
 
 SPLITS = ("train", "validation", "test")
@@ -274,6 +276,32 @@ def test_undecoded_image_cells_are_read_in_the_collator(docvqa):
     assert torch.equal(decoded["pixel_values"], from_bytes["pixel_values"])
 
 
+def test_each_distinct_page_of_a_batch_is_decoded_once(docvqa, monkeypatch):
+    from florence_patch.training import data
+
+    raw = with_undecoded_images(docvqa["train"], "image")
+    assert raw.features["image"].decode is False and docvqa["train"].features["image"].decode is True
+    rows = [raw[index] for index in range(len(raw))]
+    pages = len({row["docId"] for row in rows})
+    assert pages < len(rows)  # the synthetic set asks several questions a page, as DocVQA does
+    decoded = []
+    monkeypatch.setattr(data, "to_rgb_image", lambda cell: decoded.append(cell) or to_rgb_image(cell))
+    batch = Florence2VQACollator(CharProcessor())(rows)
+    assert len(decoded) == pages
+    # Every question still gets its own page's pixels.
+    one_by_one = torch.cat([Florence2VQACollator(CharProcessor())([row])["pixel_values"] for row in rows])
+    assert torch.equal(batch["pixel_values"], one_by_one)
+
+
+def test_page_identity_without_decoding():
+    red, blue = Image.new("RGB", (4, 4), "red"), Image.new("RGB", (4, 4), "blue")
+    assert page_identity({"bytes": b"png-1", "path": None}) == page_identity(b"png-1") != page_identity(b"png-2")
+    assert page_identity({"bytes": None, "path": "a.png"}) == page_identity("a.png") != page_identity("b.png")
+    assert page_identity(red) == page_identity(red.copy()) != page_identity(blue)
+    strings = datasets.Dataset.from_dict({"image": ["a.png"]})
+    assert with_undecoded_images(strings, "image") is strings  # not an Image column: as it is
+
+
 def test_random_answer_is_deterministic_per_epoch():
     answers = [f"answer {index}" for index in range(6)]
     page = Image.new("RGB", (16, 16), "white")
@@ -448,3 +476,22 @@ def test_eval_collator_stops_sharing_pages_when_the_processor_parts_disagree(doc
     batch = collator(rows)
     assert not collator.share_pages and "not shared" in caplog.text
     assert batch["pixel_values"].shape[0] == 2 and batch["page_index"] == [0, 1]
+
+
+def test_processor_parts_are_compared_once_per_processor(docvqa, demo_processor):
+    class CountingProcessor:
+        def __init__(self, inner):
+            self.inner, self.tokenizer, self.image_processor = inner, inner.tokenizer, inner.image_processor
+            self._construct_prompts = inner._construct_prompts
+            self.calls = 0
+
+        def __call__(self, **kwargs):
+            self.calls += 1
+            return self.inner(**kwargs)
+
+    processor = CountingProcessor(demo_processor)
+    rows = _rows(docvqa, "validation", 2)
+    for _ in range(3):  # one evaluation after another, each with its own collator
+        batch = Florence2VQAEvalCollator(processor)(rows)
+        assert batch["pixel_values"].shape[0] == len({row["docId"] for row in rows})
+    assert processor.calls == 1

@@ -13,6 +13,7 @@ import hashlib
 import io
 import logging
 import random
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
@@ -191,6 +192,40 @@ def to_rgb_image(value: Any) -> Image.Image:
         return image.convert("RGB")
 
 
+def page_identity(value: Any) -> tuple:
+    """A key that two image cells share when they hold the same page, found without decoding
+    where the cell allows: the hash of its stored bytes, its path, or (a decoded image) the hash
+    of its pixels. The same page stored twice in two encodings counts as two pages."""
+    if isinstance(value, Image.Image):
+        return ("pixels", value.size, value.mode, hashlib.blake2b(value.tobytes(), digest_size=16).digest())
+    if isinstance(value, Mapping):
+        value = value.get("bytes") if value.get("bytes") is not None else value.get("path")
+    if isinstance(value, (bytes, bytearray)):
+        return ("bytes", hashlib.blake2b(value, digest_size=16).digest())
+    if isinstance(value, (str, Path)):
+        return ("path", str(value))
+    return ("cell", id(value))  # unreadable: to_rgb_image says why
+
+
+def with_undecoded_images(dataset: AnyDataset, column: str) -> AnyDataset:
+    """``dataset`` with its image column left encoded (datasets' ``Image(decode=False)``).
+
+    The DataLoader would decode every row's page when it fetches the row; the collators decode
+    each distinct page of a batch once instead (DocVQA asks about four questions a page, and
+    decoding a page costs about as much as resizing it). Other columns, and streams whose schema
+    is unknown, are returned as they are.
+    """
+    feature = dataset.features.get(column) if dataset.features else None
+    if isinstance(feature, datasets.Image) and feature.decode:
+        return dataset.cast_column(column, datasets.Image(decode=False))
+    return dataset
+
+
+# Processors whose parts (tokenizer + prompt construction, image processor) were compared with the
+# whole processor on a first batch: one comparison per processor and process, not per collator.
+_PARTS_MATCH: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def _field(example: Mapping[str, Any], column: str) -> Any:
     try:
         return example[column]
@@ -218,15 +253,28 @@ class _Florence2Inputs:
         self.share_pages = share_pages
         self._sharing_verified = False
 
-    def _prompts_and_images(self, examples: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[Image.Image]]:
+    def _prompts_and_pages(
+        self, examples: Sequence[Mapping[str, Any]]
+    ) -> tuple[list[str], list[Image.Image], list[int]]:
+        """The prompts, the batch's distinct pages (each decoded once, RGB), and each example's page."""
         if not examples:
             raise DataError("cannot collate an empty batch")
         prompts = [f"{self.task_prompt}{_field(example, self.columns.question)}" for example in examples]
-        images = [to_rgb_image(_field(example, self.columns.image)) for example in examples]
-        return prompts, images
+        pages: list[Image.Image] = []
+        index: list[int] = []
+        seen: dict[tuple, int] = {}
+        for example in examples:
+            cell = _field(example, self.columns.image)
+            key = page_identity(cell)
+            if key not in seen:
+                seen[key] = len(pages)
+                pages.append(to_rgb_image(cell))
+            index.append(seen[key])
+        return prompts, pages, index
 
     def _encode_inputs(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        prompts, images = self._prompts_and_images(examples)
+        prompts, pages, index = self._prompts_and_pages(examples)
+        images = [pages[i] for i in index]
         encoded = self.processor(text=prompts, images=images, return_tensors="pt", padding=True)
         return {
             "input_ids": encoded["input_ids"],
@@ -239,10 +287,9 @@ class _Florence2Inputs:
         construct = getattr(processor, "_construct_prompts", None)
         if construct is None or getattr(processor, "image_processor", None) is None:
             return None
-        prompts, images = self._prompts_and_images(examples)
-        first, index = distinct_images(images)
+        prompts, pages, index = self._prompts_and_pages(examples)
         text = processor.tokenizer(construct(prompts), return_tensors="pt", padding=True, return_token_type_ids=False)
-        pixel_values = processor.image_processor([images[i] for i in first], return_tensors="pt")["pixel_values"]
+        pixel_values = processor.image_processor(pages, return_tensors="pt")["pixel_values"]
         return {
             "input_ids": text["input_ids"],
             "attention_mask": text["attention_mask"],
@@ -255,12 +302,15 @@ class _Florence2Inputs:
         naming each example's row (see the collators' docstrings); the identity without sharing."""
         shared = self._encode_sharing_pages(examples) if self.share_pages else None
         if shared is not None and not self._sharing_verified:
-            whole = self._encode_inputs(examples)
-            same = (
-                torch.equal(whole["input_ids"], shared["input_ids"])
-                and torch.equal(whole["attention_mask"], shared["attention_mask"])
-                and torch.equal(whole["pixel_values"], shared["pixel_values"][shared["page_index"]])
-            )
+            same = _PARTS_MATCH.get(self.processor)
+            if same is None:
+                whole = self._encode_inputs(examples)
+                same = (
+                    torch.equal(whole["input_ids"], shared["input_ids"])
+                    and torch.equal(whole["attention_mask"], shared["attention_mask"])
+                    and torch.equal(whole["pixel_values"], shared["pixel_values"][shared["page_index"]])
+                )
+                _PARTS_MATCH[self.processor] = same
             if not same:
                 logger.warning("the processor's parts give other inputs than the whole processor: pages are not shared")
                 self.share_pages = False
@@ -361,20 +411,6 @@ class Florence2VQACollator(_Florence2Inputs):
         return batch
 
 
-def distinct_images(images: Sequence[Image.Image]) -> tuple[list[int], list[int]]:
-    """(position of the first of each distinct image, each image's index among those), by pixels."""
-    first: list[int] = []
-    index: list[int] = []
-    seen: dict[tuple, int] = {}
-    for position, image in enumerate(images):
-        key = (image.size, image.mode, hashlib.blake2b(image.tobytes(), digest_size=16).digest())
-        if key not in seen:
-            seen[key] = len(first)
-            first.append(position)
-        index.append(seen[key])
-    return first, index
-
-
 class Florence2VQAEvalCollator(_Florence2Inputs):
     """Evaluation batches: the model inputs, with each row's gold answers, question id,
     question and question types kept alongside (lists, in batch order) for scoring.
@@ -383,8 +419,8 @@ class Florence2VQAEvalCollator(_Florence2Inputs):
     and ``page_index`` names each question's row, so the processor resizes and normalises a
     page once and the model encodes it once (``pages.generate_sharing_pages``). That splits the
     processor into its image processor and its tokenizer (with its own prompt construction);
-    the first batch is also run through the whole processor, and if the two ever differ the
-    collator goes back to the whole processor for good. Without ``share_pages``, or for a
+    the first batch a process collates with a processor is also run through the whole
+    processor, and if the two differ the collator goes back to the whole processor for good. Without ``share_pages``, or for a
     processor that cannot be split, every question carries its own page (``page_index`` is
     then the identity).
 

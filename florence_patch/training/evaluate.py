@@ -218,7 +218,7 @@ def generate_predictions(
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
-    from florence_patch.training.data import Florence2VQAEvalCollator
+    from florence_patch.training.data import Florence2VQAEvalCollator, with_undecoded_images
     from florence_patch.training.pages import generate_sharing_pages, page_keys
     from florence_patch.training.prefetch import prefetch_in_thread
 
@@ -229,14 +229,14 @@ def generate_predictions(
 
             dataset = split_dataset_by_node(dataset, rank=process_index, world_size=num_processes)
         indices: list[int] | None = None
-        rows = dataset
+        rows = with_undecoded_images(dataset, columns.image)
         total = None
     else:
         lengths = prompt_lengths(processor, dataset[columns.question], task_prompt)
         pages = page_keys(dataset, columns.image)
         batches = length_sorted_batches(lengths, batch_size, pages)[process_index::num_processes]
         indices = [index for batch in batches for index in batch]
-        rows = dataset.select(indices)
+        rows = with_undecoded_images(dataset.select(indices), columns.image)  # the collator decodes a page once
         total = len(batches)
     loader = DataLoader(rows, batch_size=batch_size, shuffle=False, collate_fn=collator, num_workers=num_workers)
     prefetch_in_thread(loader)  # without workers, the next batch is prepared while this one generates

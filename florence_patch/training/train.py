@@ -112,7 +112,7 @@ def checkpoint_to_resume(config: TrainConfig) -> str | None:
 
 def load_datasets(config: TrainConfig):
     """(train, eval) splits, limited to --max-train-samples / --max-eval-samples rows."""
-    from florence_patch.training.data import load_vqa_split
+    from florence_patch.training.data import load_vqa_split, with_undecoded_images
 
     def split(name: str, limit: int | None):
         dataset = load_vqa_split(
@@ -122,7 +122,8 @@ def load_datasets(config: TrainConfig):
             revision=config.dataset_revision,
             columns=config.columns,
         )
-        return limit_rows(dataset, limit)
+        # Pages stay encoded until the collator, which decodes each distinct page of a batch once.
+        return with_undecoded_images(limit_rows(dataset, limit), config.columns.image)
 
     return split(config.train_split, config.max_train_samples), split(config.eval_split, config.max_eval_samples)
 
