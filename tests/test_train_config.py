@@ -49,6 +49,17 @@ def test_torch_compile_is_opt_in_and_reaches_the_trainer():
     assert to_training_arguments(TrainConfig(dataset="d", output_dir="o", torch_compile=True)).torch_compile is True
 
 
+def test_the_step_waits_for_the_device_nowhere(monkeypatch):
+    cpu = to_training_arguments(TrainConfig(dataset="d", output_dir="o"))
+    assert cpu.logging_nan_inf_filter is False  # it would read every step's loss on the host
+    assert not cpu.dataloader_pin_memory and not cpu.accelerator_config.non_blocking
+    monkeypatch.setattr(config_module, "_has_cuda", lambda: True)
+    monkeypatch.setattr(config_module, "_has_accelerator", lambda: True)
+    gpu = to_training_arguments(TrainConfig(dataset="d", output_dir="o", precision="fp32"))
+    assert gpu.dataloader_pin_memory and gpu.accelerator_config.non_blocking  # pinned batches, copied async
+    assert gpu.logging_nan_inf_filter is False
+
+
 def test_short_evaluations_prepare_pages_on_the_thread_long_ones_start_workers(monkeypatch):
     import datasets
 

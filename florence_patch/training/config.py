@@ -502,6 +502,10 @@ def to_training_arguments(config: TrainConfig):
         fp16=precision == "fp16",
         dataloader_num_workers=resolve_num_workers(config.num_workers),
         dataloader_pin_memory=_has_cuda(),
+        # No host-device synchronisation inside a step (with the non-blocking copy below): the
+        # NaN/Inf filter reads every step's loss on the host. It only changes the *logged* loss
+        # (a NaN or Inf step is averaged away instead of shown); training is the same.
+        logging_nan_inf_filter=False,
         # Without an accelerator, say so: accelerate only sets up multi-process CPU (gloo) runs
         # under torchrun when told the run is on CPU.
         use_cpu=not _has_accelerator(),
@@ -535,6 +539,10 @@ def to_training_arguments(config: TrainConfig):
     if _torch_at_least("2.4") and (_has_cuda() or not _has_accelerator()):
         kwargs["optim"] = "adamw_torch_fused"
     kwargs["torch_compile"] = config.torch_compile
+    if _has_cuda():
+        # Batches come from pinned memory (above); a blocking copy would still wait for every
+        # kernel already queued, so the host could not queue the next step while the GPU works.
+        kwargs["accelerator_config"] = {"non_blocking": True}
     if "save_safetensors" in accepted:
         kwargs["save_safetensors"] = True
     if "overwrite_output_dir" in accepted:
