@@ -245,12 +245,13 @@ def profile_trainer(args, device: str, record) -> None:
         trainer_module.DEFAULT_CALLBACKS = [*saved_callbacks, StepWindows()]
         train_module.to_training_arguments = arguments_of
         try:
-            train_module.train(TrainConfig(
-                model=args.model, dataset=args.data, output_dir=tempfile.mkdtemp(prefix="fp-profile-train-"),
-                max_steps=warmup + profiled + timed, batch_size=args.batch_size, lr=1e-6, warmup_ratio=0.0,
-                eval_steps=0, save_steps=10**9, max_eval_samples=1, num_beams=1, max_new_tokens=2,
-                seed=args.seed, **({} if workers is None else {"num_workers": workers}),
-            ))
+            with tempfile.TemporaryDirectory(prefix="fp-profile-train-") as output_dir:
+                train_module.train(TrainConfig(
+                    model=args.model, dataset=args.data, output_dir=output_dir,
+                    max_steps=warmup + profiled + timed, batch_size=args.batch_size, lr=1e-6, warmup_ratio=0.0,
+                    eval_steps=0, save_steps=10**9, max_eval_samples=1, num_beams=1, max_new_tokens=2,
+                    seed=args.seed, **({} if workers is None else {"num_workers": workers}),
+                ))
         finally:
             trainer_module.DEFAULT_CALLBACKS = saved_callbacks
             train_module.to_training_arguments = to_training_arguments
