@@ -366,6 +366,25 @@ def test_two_process_run_fixes_once_trains_and_saves_once(workdir, monkeypatch):
     assert len(applies) == 1 and applies[0]["fixes"]  # two ranks, one patch
 
 
+def test_two_process_run_with_grouped_pages(workdir):
+    """torchrun, 2 CPU processes (gloo), --group-by-page: DDP sees the model's own forward, with
+    each page of a batch encoded once, on each process's share of the page-grouped batches."""
+    home = _new_hf_home(workdir, "hf-ddp-grouped")
+    out = workdir / "ddp-grouped"
+    proc = _run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "florence_patch.cli.main", "train", "--dataset", str(workdir / "data"), "--output-dir", str(out),
+         "--max-steps", "2", "--save-steps", "2", "--eval-steps", "0", "--batch-size", "4", "--group-by-page",
+         *QUICK],
+        home, workdir,
+    )
+    _ok(proc)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["global_step"] == 2
+    assert metrics["train"]["train_questions_per_encoded_page"] > 1
+    assert all(loss > 0 for loss in _losses(_state(out)).values())
+
+
 def test_freeze_vision_and_lora_change_the_trainable_parameter_count(reloaded):
     result = reloaded["counts"]
     assert result["trainable"] == result["total"] > result["vision"] > 0
