@@ -226,6 +226,20 @@ def with_undecoded_images(dataset: AnyDataset, column: str) -> AnyDataset:
 _PARTS_MATCH: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+def _known_parts_match(processor: Any) -> bool | None:
+    try:
+        return _PARTS_MATCH.get(processor)
+    except TypeError:  # neither hashable nor weakly referenceable: each collator compares once
+        return None
+
+
+def _remember_parts_match(processor: Any, same: bool) -> None:
+    try:
+        _PARTS_MATCH[processor] = same
+    except TypeError:
+        pass
+
+
 def _field(example: Mapping[str, Any], column: str) -> Any:
     try:
         return example[column]
@@ -302,7 +316,7 @@ class _Florence2Inputs:
         naming each example's row (see the collators' docstrings); the identity without sharing."""
         shared = self._encode_sharing_pages(examples) if self.share_pages else None
         if shared is not None and not self._sharing_verified:
-            same = _PARTS_MATCH.get(self.processor)
+            same = _known_parts_match(self.processor)
             if same is None:
                 whole = self._encode_inputs(examples)
                 same = (
@@ -310,7 +324,7 @@ class _Florence2Inputs:
                     and torch.equal(whole["attention_mask"], shared["attention_mask"])
                     and torch.equal(whole["pixel_values"], shared["pixel_values"][shared["page_index"]])
                 )
-                _PARTS_MATCH[self.processor] = same
+                _remember_parts_match(self.processor, same)
             if not same:
                 logger.warning("the processor's parts give other inputs than the whole processor: pages are not shared")
                 self.share_pages = False
@@ -420,9 +434,9 @@ class Florence2VQAEvalCollator(_Florence2Inputs):
     page once and the model encodes it once (``pages.generate_sharing_pages``). That splits the
     processor into its image processor and its tokenizer (with its own prompt construction);
     the first batch a process collates with a processor is also run through the whole
-    processor, and if the two differ the collator goes back to the whole processor for good. Without ``share_pages``, or for a
-    processor that cannot be split, every question carries its own page (``page_index`` is
-    then the identity).
+    processor, and if the two differ the collator goes back to the whole processor for good.
+    Without ``share_pages``, or for a processor that cannot be split, every question carries its
+    own page (``page_index`` is then the identity).
 
     Rows without answers (a test split) are fine here: they are predicted, not scored.
     """

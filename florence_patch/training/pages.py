@@ -5,10 +5,12 @@ DaViT vision tower is most of the cost of answering one: about two thirds of a C
 the bench's small shape (torch profile, bench/README.md), and four fifths of a CPU training step
 (forward and backward). The published loops encode the page again for every question.
 
-Evaluation: batches keep a page's questions together (``page_keys``), the batch's distinct pages
-are found by their pixels (``distinct_pages``), and ``generate_sharing_pages`` runs the vision
-tower once per distinct page, then hands the language model exactly the embeddings
-``Florence2ForConditionalGeneration.generate`` would have built.
+Evaluation: batches keep a page's questions together (``page_keys``), the collator decodes and
+prepares each distinct page of a batch once (``data.page_identity``: the stored bytes' hash), and
+``generate_sharing_pages`` runs the vision tower once per distinct page, then hands the language
+model exactly the embeddings ``Florence2ForConditionalGeneration.generate`` would have built
+(given only one ``pixel_values`` row per question, it finds the repeats by their pixels,
+``distinct_pages``).
 
 Training (``train --group-by-page``): ``PageGroupedSampler`` orders each epoch page by page, the
 collator prepares each distinct page of a batch once, and ``SharedPageEncoder`` makes the model's

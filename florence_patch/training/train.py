@@ -210,11 +210,13 @@ def _trainer_classes():
 
         def _get_train_sampler(self, train_dataset=None):
             # Only the training rows are ever sampled here (evaluation has _get_eval_sampler).
-            if self.page_order is not None and len(train_dataset or self.train_dataset) == len(self.page_order):
+            rows = train_dataset if train_dataset is not None else self.train_dataset
+            if self.page_order is not None and len(rows) == len(self.page_order):
                 return self.page_order
             return super()._get_train_sampler(train_dataset)
 
         def compute_loss(self, model, inputs, *args, **kwargs):
+            inputs = dict(inputs)  # the caller's batch stays as it was
             page_index = inputs.pop("page_index", None)
             if page_index is None:
                 return super().compute_loss(model, inputs, *args, **kwargs)
