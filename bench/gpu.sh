@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The training and evaluation benchmarks of the `base` shape (Florence-2-base sizes, random weights)
-# on one GPU, in one command, in under 8 minutes on an H100; prints their JSON lines on stdout and
+# on one GPU, in one command (416 s on an H200 before the grouped training arm; not timed since); prints their JSON lines on stdout and
 # appends them to bench/RESULTS.md. Our arms run in bf16 where the GPU has it (precision auto),
 # the recipe baselines in fp32, as published.
 #
