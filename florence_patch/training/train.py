@@ -210,8 +210,7 @@ def _trainer_classes():
 
         def _get_train_sampler(self, train_dataset=None):
             # Only the training rows are ever sampled here (evaluation has _get_eval_sampler).
-            rows = train_dataset if train_dataset is not None else self.train_dataset
-            if self.page_order is not None and len(rows) == len(self.page_order):
+            if self.page_order is not None:
                 return self.page_order
             return super()._get_train_sampler(train_dataset)
 
@@ -220,9 +219,7 @@ def _trainer_classes():
             page_index = inputs.pop("page_index", None)
             if page_index is None:
                 return super().compute_loss(model, inputs, *args, **kwargs)
-            if self.page_encoder is None:  # not expected: give every question its own page again
-                inputs["pixel_values"] = inputs["pixel_values"][page_index]
-                return super().compute_loss(model, inputs, *args, **kwargs)
+            # The collator shares pages only when train() installed the encoder.
             if model.training:
                 self.grouped_questions += page_index.shape[0]
                 self.grouped_pages += inputs["pixel_values"].shape[0]
