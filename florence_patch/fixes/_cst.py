@@ -2,8 +2,43 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator
+
 import libcst as cst
 import libcst.matchers as m
+
+_NODE_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _children(node: cst.CSTNode) -> Iterator[cst.CSTNode]:
+    names = _NODE_FIELDS.get(type(node))
+    if names is None:
+        names = _NODE_FIELDS[type(node)] = tuple(f.name for f in dataclasses.fields(node))
+    for name in names:
+        value = getattr(node, name)
+        if isinstance(value, cst.CSTNode):
+            yield value
+        elif isinstance(value, (tuple, list)):
+            yield from (item for item in value if isinstance(item, cst.CSTNode))
+
+
+def find_all(tree: cst.CSTNode, matcher: m.BaseMatcherNode) -> list[cst.CSTNode]:
+    """The nodes of ``tree`` (itself included) that match ``matcher``, like ``m.findall``.
+
+    ``m.findall`` walks with libcst's matcher-aware visitor, several times slower per node than
+    reading the dataclass fields; on a first ``status`` of a 2,800-line file the fixes call it on
+    every class's ``__init__``. Pre-order, children in field order (not always source order):
+    callers count or test for matches, they do not rely on order.
+    """
+    found: list[cst.CSTNode] = []
+    stack: list[cst.CSTNode] = [tree]
+    while stack:
+        node = stack.pop()
+        if m.matches(node, matcher):
+            found.append(node)
+        stack.extend(reversed(list(_children(node))))
+    return found
 
 
 def dotted_name(node: cst.BaseExpression) -> str | None:

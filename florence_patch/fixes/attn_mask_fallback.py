@@ -16,7 +16,7 @@ import libcst as cst
 import libcst.matchers as m
 from libcst.codemod import SkipFile
 
-from ._cst import dotted_name
+from ._cst import dotted_name, find_all
 from .base import FlorenceCodemod, UnrecognizedCode
 
 MASK_MODULE = "transformers.modeling_attn_mask_utils"
@@ -163,14 +163,14 @@ def _imported_names(statement: cst.SimpleStatementLine) -> list[str]:
 
 def _handler_binds(handler: cst.ExceptHandler, names: list[str]) -> bool:
     bound = {s.name.value for s in handler.body.body if isinstance(s, cst.FunctionDef)}
-    for assign in m.findall(handler.body, m.AssignTarget(target=m.Name())):
+    for assign in find_all(handler.body, m.AssignTarget(target=m.Name())):
         bound.add(assign.target.value)  # type: ignore[union-attr]
     return set(names) <= bound
 
 
 def _catches_import_error(handler: cst.ExceptHandler) -> bool:
     return handler.type is not None and bool(
-        m.findall(handler.type, m.Name("ImportError") | m.Name("ModuleNotFoundError"))
+        find_all(handler.type, m.Name("ImportError") | m.Name("ModuleNotFoundError"))
     )
 
 
@@ -213,9 +213,11 @@ class FallBackToLocalMaskHelpers(FlorenceCodemod):
             if not following.leading_lines:
                 new_body[guarded_at + 1] = following.with_changes(leading_lines=[cst.EmptyLine(indent=False)])
         if not self.found:
-            if m.findall(updated_node, m.ImportFrom(module=m.Attribute(attr=m.Name("modeling_attn_mask_utils")))):
+            if find_all(updated_node, m.ImportFrom(module=m.Attribute(attr=m.Name("modeling_attn_mask_utils")))):
                 raise UnrecognizedCode(f"{MASK_MODULE} is imported inside a block of unknown shape")
             raise SkipFile(f"no import from {MASK_MODULE}")
+        if len(new_body) == len(updated_node.body) and all(a is b for a, b in zip(new_body, updated_node.body)):
+            return updated_node  # already guarded: the module is unchanged
         return updated_node.with_changes(body=new_body)
 
     @staticmethod

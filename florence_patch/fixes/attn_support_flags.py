@@ -13,7 +13,15 @@ import libcst as cst
 import libcst.matchers as m
 from libcst.codemod import SkipFile
 
-from ._cst import base_names, body_statements, class_attribute, dotted_name, method, top_level_classes
+from ._cst import (
+    base_names,
+    body_statements,
+    class_attribute,
+    dotted_name,
+    find_all,
+    method,
+    top_level_classes,
+)
 from .base import FlorenceCodemod, UnrecognizedCode
 
 FLAGS = ("_supports_flash_attn_2", "_supports_sdpa")
@@ -26,7 +34,7 @@ def _delegated_flag(statement: cst.BaseStatement) -> str | None:
         return None
     if not any(m.matches(d.decorator, m.Name("property")) for d in statement.decorators):
         raise UnrecognizedCode(f"{statement.name.value} is a method but not a property")
-    returns = m.findall(statement, m.Return())
+    returns = find_all(statement, m.Return())
     if len(returns) != 1 or dotted_name(returns[0].value) != f"self.language_model.{statement.name.value}":  # type: ignore[union-attr,arg-type]
         raise UnrecognizedCode(f"property {statement.name.value} does not return self.language_model's value")
     return statement.name.value
@@ -40,7 +48,7 @@ def _language_model_classes(module: cst.Module) -> set[str]:
     """Names of the classes instantiated into ``language_model`` / ``self.language_model`` in an ``__init__``."""
     names = set()
     for init in _init_methods(module):
-        for assign in m.findall(init, m.Assign()):
+        for assign in find_all(init, m.Assign()):
             assert isinstance(assign, cst.Assign)
             targets = {dotted_name(t.target) for t in assign.targets}
             if targets & {"language_model", "self.language_model"} and isinstance(assign.value, cst.Call):
@@ -56,7 +64,7 @@ def _owner_classes(module: cst.Module) -> set[str]:
     return {
         name
         for name, class_def in top_level_classes(module).items()
-        if (init := method(class_def, "__init__")) is not None and m.findall(init, target)
+        if (init := method(class_def, "__init__")) is not None and find_all(init, target)
     }
 
 

@@ -18,35 +18,143 @@ top-level classes/functions they need in ``SCOPE``; the others are not descended
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import libcst as cst
-from libcst.codemod import CodemodContext, SkipFile, VisitorBasedCodemodCommand
+from libcst.codemod import Codemod, CodemodContext, SkipFile, VisitorBasedCodemodCommand
 from libcst.codemod.visitors import AddImportsVisitor
+
+try:  # names of the attributes libcst's matcher decorators set on a method
+    from libcst.matchers._visitors import (
+        CONSTRUCTED_LEAVE_MATCHER_ATTR,
+        CONSTRUCTED_VISIT_MATCHER_ATTR,
+        VISIT_NEGATIVE_MATCHER_ATTR,
+        VISIT_POSITIVE_MATCHER_ATTR,
+    )
+
+    _MATCHER_DECORATOR_ATTRS: tuple[str, ...] | None = (
+        CONSTRUCTED_LEAVE_MATCHER_ATTR,
+        CONSTRUCTED_VISIT_MATCHER_ATTR,
+        VISIT_NEGATIVE_MATCHER_ATTR,
+        VISIT_POSITIVE_MATCHER_ATTR,
+    )
+except ImportError:  # another libcst layout: every codemod takes libcst's own dispatch
+    _MATCHER_DECORATOR_ATTRS = None
 
 from .spec import Fix, FixOutcome, FixResult, UnrecognizedCode  # noqa: F401  (re-exported)
 
 
+@dataclass(frozen=True)
+class _Hooks:
+    """The ``visit_*``/``leave_*`` methods one codemod class really defines (libcst's no-op stubs left out)."""
+
+    plain: bool  # no matcher decorators: libcst's per-node matcher bookkeeping has nothing to do
+    visit: dict[str, Callable[..., Any]]  # node type name -> visit_<Node>
+    leave: dict[str, Callable[..., Any]]  # node type name -> leave_<Node>
+    attributes: bool  # defines some visit_<Node>_<attribute> / leave_<Node>_<attribute>
+
+
+_HOOKS: dict[type, _Hooks] = {}
+_DEFINED: dict[type, tuple[dict[str, Callable[..., Any]], bool]] = {}
+
+
+def _defined_in(klass: type) -> tuple[dict[str, Callable[..., Any]], bool]:
+    """(real visit_/leave_ functions, any matcher decorator) of one class's own namespace, cached:
+    libcst's ~1,800 no-op stubs are read once, not once per codemod."""
+    found = _DEFINED.get(klass)
+    if found is None:
+        functions = {
+            name: value
+            for name, value in vars(klass).items()
+            if name.startswith(("visit_", "leave_")) and not getattr(value, "_is_no_op", False)
+        }
+        decorated = _MATCHER_DECORATOR_ATTRS is None or any(
+            hasattr(value, attr) for value in vars(klass).values() if callable(value) for attr in _MATCHER_DECORATOR_ATTRS
+        )
+        found = _DEFINED[klass] = (functions, decorated)
+    return found
+
+
+def _hooks(cls: type) -> _Hooks:
+    hooks = _HOOKS.get(cls)
+    if hooks is None:
+        defined: dict[str, Callable[..., Any]] = {}
+        shadowed: set[str] = set()
+        decorated = False
+        for klass in cls.__mro__:  # the most derived definition wins, a no-op stub included
+            functions, klass_decorated = _defined_in(klass)
+            decorated = decorated or klass_decorated
+            for name, function in functions.items():
+                if name not in shadowed:
+                    defined.setdefault(name, function)
+            shadowed.update(name for name in vars(klass) if name.startswith(("visit_", "leave_")))
+        per_node = {name: f for name, f in defined.items() if name.count("_") == 1}
+        hooks = _HOOKS[cls] = _Hooks(
+            plain=not decorated,
+            visit={name[len("visit_"):]: f for name, f in per_node.items() if name.startswith("visit_")},
+            leave={name[len("leave_"):]: f for name, f in per_node.items() if name.startswith("leave_")},
+            attributes=len(defined) > len(per_node),
+        )
+    return hooks
+
+
+def _ignore_attribute(node: cst.CSTNode, attribute: str) -> None:
+    return None
+
+
 class FlorenceCodemod(VisitorBasedCodemodCommand):
-    """A codemod that only descends where it needs to.
+    """A codemod that only descends where it needs to, dispatches cheaply and notes what it rebuilt.
 
     ``SCOPE``: the top-level classes/functions it descends into (None: all).
     ``METHODS``: within those classes, the methods it descends into (None: all). A fix that
     works on class bases or attributes, or on one method, skips the rest of a 500-line class.
+
+    Dispatch: libcst's matcher-aware transformer looks up ``visit_<Node>``, ``leave_<Node>`` and
+    two attribute hooks by name on every node, most of them misses or no-op stubs, and scans
+    ~1,800 attributes for matcher decorators when constructed. That was most of the time of a
+    first ``status`` on code the outcome table does not know. A codemod without matcher
+    decorators (all of ours) calls what it defines from a per-class table; one with
+    decorators keeps libcst's dispatch.
+
+    ``touched``: ids of the top-level statements in which a ``leave_*`` returned a new node
+    (None once the module itself was replaced), so :func:`run_fixes` renders only those to
+    tell a real change from a rebuilt copy.
     """
 
     SCOPE: frozenset[str] | None = None
     METHODS: frozenset[str] | None = None
 
+    def __init__(self, context: CodemodContext) -> None:
+        self._hook_table = _hooks(type(self))
+        if not self._hook_table.plain:
+            super().__init__(context)
+        else:
+            Codemod.__init__(self, context)
+            self._extra_visit_funcs: dict[Any, Any] = {}
+            self._extra_leave_funcs: dict[Any, Any] = {}
+            self._matchers = {}
+            if not self._hook_table.attributes:
+                # Called for every attribute of every visited node: an instance attribute wins the lookup.
+                self.on_visit_attribute = _ignore_attribute  # type: ignore[method-assign]
+                self.on_leave_attribute = _ignore_attribute  # type: ignore[method-assign]
+        self.touched: set[int] | None = set()
+        self._top_level: set[int] = set()
+        self._methods: set[int] = set()
+        self._current_top = 0
+
     def on_visit(self, node: cst.CSTNode) -> bool:
         if isinstance(node, cst.Module):
             self._top_level = {id(statement) for statement in node.body}
-            self._methods: set[int] = set()
-        elif isinstance(node, (cst.ClassDef, cst.FunctionDef)) and id(node) in self._top_level:
-            if self.SCOPE is not None and node.name.value not in self.SCOPE:
-                return False
-            if isinstance(node, cst.ClassDef) and isinstance(node.body, cst.IndentedBlock):
-                self._methods.update(id(s) for s in node.body.body if isinstance(s, cst.FunctionDef))
+            self._methods = set()
+        elif id(node) in self._top_level:
+            self._current_top = id(node)
+            if isinstance(node, (cst.ClassDef, cst.FunctionDef)):
+                if self.SCOPE is not None and node.name.value not in self.SCOPE:
+                    return False
+                if isinstance(node, cst.ClassDef) and isinstance(node.body, cst.IndentedBlock):
+                    self._methods.update(id(s) for s in node.body.body if isinstance(s, cst.FunctionDef))
         elif (
             self.METHODS is not None
             and isinstance(node, cst.FunctionDef)
@@ -54,7 +162,23 @@ class FlorenceCodemod(VisitorBasedCodemodCommand):
             and node.name.value not in self.METHODS
         ):
             return False
-        return super().on_visit(node)
+        if not self._hook_table.plain:
+            return super().on_visit(node)
+        visit = self._hook_table.visit.get(type(node).__name__)
+        return True if visit is None else visit(self, node) is not False
+
+    def on_leave(self, original_node: cst.CSTNode, updated_node: cst.CSTNode) -> Any:
+        if self._hook_table.plain:
+            leave = self._hook_table.leave.get(type(original_node).__name__)
+            result = updated_node if leave is None else leave(self, original_node, updated_node)
+        else:
+            result = super().on_leave(original_node, updated_node)
+        if result is not updated_node and self.touched is not None:
+            if isinstance(original_node, cst.Module):
+                self.touched = None
+            else:
+                self.touched.add(self._current_top)
+        return result
 
 
 def _syntax_reason(error: Exception) -> str:
@@ -90,16 +214,26 @@ def _apply_requested_imports(module: cst.Module, context: CodemodContext) -> cst
     return AddImportsVisitor(context).transform_module(module)
 
 
-def _changed(before: cst.Module, after: cst.Module) -> bool:
+def _changed(before: cst.Module, after: cst.Module, touched: set[int] | None) -> bool:
+    """Whether ``after`` renders differently from ``before``.
+
+    Visited nodes are rebuilt even when nothing changed, so identity does not tell. ``touched``
+    (ids of ``before``'s top-level statements where a hook returned a new node; None: any may
+    differ) limits the rendering to where a change can be.
+    """
     if before is after:
         return False
     if len(before.body) != len(after.body) or len(before.header) != len(after.header):
         return True
     if len(before.footer) != len(after.footer):
         return True
-    # Visited nodes are rebuilt even when nothing changed: compare their rendered code.
-    pairs = zip((*before.header, *before.body, *before.footer), (*after.header, *after.body, *after.footer))
-    return any(a is not b and before.code_for_node(a) != after.code_for_node(b) for a, b in pairs)
+    if touched is None:
+        pairs = zip((*before.header, *before.body, *before.footer), (*after.header, *after.body, *after.footer))
+        return any(a is not b and before.code_for_node(a) != after.code_for_node(b) for a, b in pairs)
+    return any(
+        a is not b and id(a) in touched and before.code_for_node(a) != after.code_for_node(b)
+        for a, b in zip(before.body, after.body)
+    )
 
 
 def run_fixes(code: str, fixes: Sequence[Fix]) -> tuple[str, list[FixResult]]:
@@ -119,15 +253,16 @@ def run_fixes(code: str, fixes: Sequence[Fix]) -> tuple[str, list[FixResult]]:
         context = CodemodContext()
         command = fix.codemod_class(context)
         try:
-            new_tree = tree.visit(command)
-            new_tree = _apply_requested_imports(new_tree, context)
+            visited = tree.visit(command)
+            new_tree = _apply_requested_imports(visited, context)
         except SkipFile as skip:
             results.append(FixResult(FixOutcome.ABSENT, "", str(skip)))
             continue
         except UnrecognizedCode as error:
             results.append(FixResult(FixOutcome.UNRECOGNIZED, "", str(error)))
             continue
-        if _changed(tree, new_tree):
+        touched = getattr(command, "touched", None) if new_tree is visited else None
+        if _changed(tree, new_tree, touched):
             results.append(FixResult(FixOutcome.NEEDED, ""))
             tree = new_tree
             any_change = True

@@ -14,7 +14,7 @@ import libcst as cst
 import libcst.matchers as m
 from libcst.codemod import SkipFile
 
-from ._cst import top_level_definitions_mentioning
+from ._cst import find_all, top_level_definitions_mentioning
 from .base import FlorenceCodemod, UnrecognizedCode
 
 OLD = "additional_special_tokens"
@@ -40,7 +40,7 @@ class ReadExtraSpecialTokensWhenRenamed(FlorenceCodemod):
         self.SCOPE = top_level_definitions_mentioning(node, OLD)
 
     def _refuse_write(self, target: cst.BaseExpression) -> None:
-        if m.findall(target, m.Attribute(attr=m.Name(OLD))):
+        if find_all(target, m.Attribute(attr=m.Name(OLD))):
             raise UnrecognizedCode(f"{OLD} is assigned or deleted, not read")
 
     def visit_AssignTarget(self, node: cst.AssignTarget) -> None:

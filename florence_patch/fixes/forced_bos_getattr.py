@@ -13,6 +13,7 @@ import libcst as cst
 import libcst.matchers as m
 from libcst.codemod import SkipFile
 
+from ._cst import find_all
 from .base import FlorenceCodemod, UnrecognizedCode
 
 ATTRIBUTE = "forced_bos_token_id"
@@ -41,7 +42,7 @@ class ReadForcedBosWithGetattr(FlorenceCodemod):
             self.written.add(id(node.target))
 
     def visit_Del(self, node: cst.Del) -> None:
-        if m.findall(node.target, _SELF_ATTRIBUTE):
+        if find_all(node.target, _SELF_ATTRIBUTE):
             raise UnrecognizedCode(f"del self.{ATTRIBUTE}")
 
     def visit_Call(self, node: cst.Call) -> None:

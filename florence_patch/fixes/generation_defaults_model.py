@@ -15,7 +15,7 @@ import libcst as cst
 import libcst.matchers as m
 from libcst.codemod import SkipFile
 
-from ._cst import body_statements, method, parse_block
+from ._cst import body_statements, find_all, method, parse_block
 from .base import FlorenceCodemod, UnrecognizedCode
 from .generation_defaults_config import ATTRIBUTE
 
@@ -48,7 +48,7 @@ class ApplyGenerationDefaults(FlorenceCodemod):
         if init is None:
             return updated_node
         self.found = True
-        if m.findall(init, _APPLIED):
+        if find_all(init, _APPLIED):
             return updated_node
         if [p.name.value for p in init.params.params[:2]] != ["self", "config"]:
             raise UnrecognizedCode(f"{LANGUAGE_MODEL}.__init__ does not take (self, config)")

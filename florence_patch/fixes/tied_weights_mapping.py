@@ -20,7 +20,15 @@ import libcst as cst
 import libcst.matchers as m
 from libcst.codemod import SkipFile
 
-from ._cst import body_statements, class_attribute, dotted_name, method, self_attributes_assigned, top_level_classes
+from ._cst import (
+    body_statements,
+    class_attribute,
+    dotted_name,
+    find_all,
+    method,
+    self_attributes_assigned,
+    top_level_classes,
+)
 from .base import FlorenceCodemod, UnrecognizedCode
 
 ATTRIBUTE = "_tied_weights_keys"
@@ -140,7 +148,7 @@ class TiedWeightsKeysAsMapping(FlorenceCodemod):
             name
             for name, class_def in self.classes.items()
             if class_attribute(class_def, ATTRIBUTE) is not None
-            or (init := method(class_def, "__init__")) is not None and m.findall(init, m.Attribute(attr=m.Name(ATTRIBUTE)))
+            or (init := method(class_def, "__init__")) is not None and find_all(init, m.Attribute(attr=m.Name(ATTRIBUTE)))
         )
 
     def leave_ClassDef(self, original_node: cst.ClassDef, updated_node: cst.ClassDef) -> cst.ClassDef:

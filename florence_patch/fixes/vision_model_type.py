@@ -13,6 +13,7 @@ import libcst as cst
 import libcst.matchers as m
 from libcst.codemod import SkipFile
 
+from ._cst import find_all
 from .base import FlorenceCodemod, UnrecognizedCode
 
 COMPOSITE_CONFIG = "Florence2Config"
@@ -53,7 +54,7 @@ class _BlockFixer(cst.CSTTransformer):
                 continue
             self.builds += 1
             following = statements[index + 1] if index + 1 < len(statements) else None
-            if following is not None and m.findall(following, _SET_MODEL_TYPE):
+            if following is not None and find_all(following, _SET_MODEL_TYPE):
                 self.already_restored = True
                 continue
             result.append(cst.parse_statement(_RESTORE_SOURCE))
@@ -83,7 +84,7 @@ class RestoreVisionModelType(FlorenceCodemod):
         fixer = _BlockFixer()
         new_init = init.visit(fixer)
         if fixer.builds == 0:
-            if m.findall(init, m.Call(func=m.Name("PretrainedConfig"))):
+            if find_all(init, m.Call(func=m.Name("PretrainedConfig"))):
                 raise UnrecognizedCode(f"{COMPOSITE_CONFIG}.__init__ builds PretrainedConfig in an unknown way")
             return updated_node
         if fixer.builds > 1:
