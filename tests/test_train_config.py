@@ -24,7 +24,8 @@ def test_defaults_and_columns():
     config = TrainConfig(dataset="data")
     assert config.model == "microsoft/Florence-2-base-ft"
     assert config.num_workers is None  # resolved per machine, below
-    assert config.per_device_eval_batch_size == config.batch_size
+    assert config.per_device_eval_batch_size == 2 * config.batch_size
+    assert TrainConfig(dataset="data", batch_size=4, eval_batch_size=3).per_device_eval_batch_size == 3
     columns = TrainConfig(dataset="d", question_column="q", image_column="page", question_types_column="").columns
     assert (columns.question, columns.image, columns.answers, columns.question_types) == ("q", "page", "answers", None)
 
