@@ -446,6 +446,26 @@ def test_all_fixes_apply_once_and_then_are_present(revision):
         assert all(r.outcome is not FixOutcome.ABSENT for r in ours.values()), {i: r.reason for i, r in ours.items()}
 
 
+@pytest.mark.parametrize("revision", _available_revisions())
+def test_our_hook_dispatch_writes_what_libcsts_writes(revision, monkeypatch):
+    """FlorenceCodemod calls its hooks from a table and renders only replaced statements; libcst's
+    own dispatch (taken by any codemod with matcher decorators) must give the same bytes."""
+    from florence_patch.fixes import base
+
+    def run_all() -> dict:
+        written = {}
+        for name in CODE_FILES:
+            code, results = run_fixes(_upstream(revision, name), [f for f in ALL_FIXES if f.filename == name])
+            written[name] = (code, [(r.outcome, r.reason) for r in results])
+        return written
+
+    ours = run_all()
+    monkeypatch.setattr(base, "_MATCHER_DECORATOR_ATTRS", None)
+    monkeypatch.setattr(base, "_HOOKS", {})
+    monkeypatch.setattr(base, "_DEFINED", {})
+    assert run_all() == ours
+
+
 # ---------------------------------------------------------------------------------------------
 # transformers 5 (the installed one) with every fix
 # ---------------------------------------------------------------------------------------------
