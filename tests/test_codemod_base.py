@@ -7,8 +7,7 @@ import libcst.matchers as m
 import pytest
 
 from florence_patch.demo.checkpoint import remote_code_files
-from florence_patch.fixes import ALL_FIXES
-from florence_patch.fixes import base
+from florence_patch.fixes import ALL_FIXES, base
 from florence_patch.fixes._cst import find_all
 from florence_patch.fixes.base import Fix, FixOutcome, FlorenceCodemod, run_fixes
 
