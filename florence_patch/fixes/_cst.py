@@ -93,16 +93,12 @@ def class_attribute(node: cst.ClassDef, name: str) -> cst.BaseExpression | None:
 
 
 def self_attributes_assigned(function: cst.FunctionDef) -> dict[str, cst.BaseExpression]:
-    """``{attr: value}`` for every ``self.attr = value`` anywhere in ``function``."""
+    """``{attr: value}`` for every ``self.attr = value`` anywhere in ``function`` (the first found wins)."""
     found: dict[str, cst.BaseExpression] = {}
-
-    class Collector(cst.CSTVisitor):
-        def visit_Assign(self, node: cst.Assign) -> None:
-            for target in node.targets:
-                if m.matches(target.target, m.Attribute(value=m.Name("self"), attr=m.Name())):
-                    found.setdefault(target.target.attr.value, node.value)  # type: ignore[union-attr]
-
-    function.visit(Collector())
+    for assign in find_all(function, m.Assign()):
+        for target in assign.targets:  # type: ignore[attr-defined]
+            if m.matches(target.target, m.Attribute(value=m.Name("self"), attr=m.Name())):
+                found.setdefault(target.target.attr.value, assign.value)  # type: ignore[attr-defined]
     return found
 
 
