@@ -214,8 +214,9 @@ class TrainConfig(DataOptions, GenerationOptions):
 
     @property
     def per_device_eval_batch_size(self) -> int:
-        # Evaluation keeps no gradients or optimizer state, and beam search's per-step cost is spread
-        # over the batch: twice the training batch fits wherever training does, and answers faster.
+        # Evaluation keeps no gradients, activations for backward or optimizer state, so twice the
+        # training batch should fit where training does (not measured on a GPU); beam search's
+        # per-step cost is spread over the batch, so it answers faster (bench/RESULTS.md, eval).
         return self.eval_batch_size or 2 * self.batch_size
 
     @property
