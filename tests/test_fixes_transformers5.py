@@ -31,6 +31,7 @@ from florence_patch.fixes.image_processor_options import DropNoneImageOptions
 from florence_patch.fixes.output_base_class import DeriveOutputFromSeq2SeqLMOutput
 from florence_patch.fixes.output_class import AddLossLogitsToOutput
 from florence_patch.fixes.output_embeddings import DelegateOutputEmbeddings
+from florence_patch.fixes.prompt_padding_mask import PassPromptMaskToMerge
 from florence_patch.fixes.tie_word_embeddings import DeclareTieWordEmbeddings
 from florence_patch.fixes.tied_weights_mapping import TiedWeightsKeysAsMapping
 from florence_patch.fixes.vision_model_type import RestoreVisionModelType
@@ -755,6 +756,74 @@ CASES["output-embeddings"] = Case(
 )
 
 
+# --- every version: batched prompts attend to their padding -------------------------------------
+_MERGE_BEFORE = _src(
+    """
+    class Florence2ForConditionalGeneration(Florence2PreTrainedModel):
+        def _merge_input_ids_with_image_features(
+            self, image_features, inputs_embeds
+        ):
+            batch_size, image_token_length = image_features.size()[:-1]
+            device = image_features.device
+            image_attention_mask = torch.ones(batch_size, image_token_length, device=device)
+            task_prefix_embeds = inputs_embeds
+            task_prefix_attention_mask = torch.ones(batch_size, task_prefix_embeds.size(1), device=device)
+
+            inputs_embeds = torch.cat([image_features, task_prefix_embeds], dim=1)
+            attention_mask = torch.cat([image_attention_mask, task_prefix_attention_mask], dim=1)
+            return inputs_embeds, attention_mask
+
+        def forward(self, input_ids=None, pixel_values=None, attention_mask=None, labels=None):
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+            if pixel_values is not None:
+                image_features = self._encode_image(pixel_values)
+                inputs_embeds, attention_mask = self._merge_input_ids_with_image_features(image_features, inputs_embeds)
+            return self.language_model(attention_mask=attention_mask, inputs_embeds=inputs_embeds, labels=labels)
+
+        def generate(
+            self,
+            input_ids,
+            inputs_embeds=None,
+            pixel_values=None,
+            **kwargs
+            ):
+            if inputs_embeds is None:
+                inputs_embeds = self.get_input_embeddings()(input_ids)
+                if pixel_values is not None:
+                    image_features = self._encode_image(pixel_values)
+                    inputs_embeds, attention_mask = self._merge_input_ids_with_image_features(image_features, inputs_embeds)
+            return self.language_model.generate(
+                input_ids=None,
+                inputs_embeds=inputs_embeds,
+                **kwargs
+            )
+    """
+)
+_MERGE_AFTER = (
+    _MERGE_BEFORE.replace("self, image_features, inputs_embeds\n", "self, image_features, inputs_embeds, attention_mask=None\n")
+    .replace(
+        "device=device)\n\n",
+        "device=device)\n"
+        "        # the prompt's own mask: the padding of a batch's shorter prompts is not attended to\n"
+        "        if attention_mask is not None and attention_mask.shape == task_prefix_attention_mask.shape:\n"
+        "            task_prefix_attention_mask = attention_mask.to(task_prefix_attention_mask)\n\n",
+    )
+    .replace("(image_features, inputs_embeds)", "(image_features, inputs_embeds, attention_mask)")
+    .replace("        pixel_values=None,\n", "        pixel_values=None,\n        attention_mask=None,\n")
+    .replace("inputs_embeds=inputs_embeds,\n", "inputs_embeds=inputs_embeds,\n            attention_mask=attention_mask,\n")
+)
+CASES["prompt-padding-mask"] = Case(
+    PassPromptMaskToMerge,
+    MODELING,
+    before=_MERGE_BEFORE,
+    after=_MERGE_AFTER,
+    absent="class Florence2LanguageModel(Florence2LanguagePreTrainedModel):\n    def forward(self, attention_mask=None):\n        return attention_mask\n",
+    unrecognized=_MERGE_BEFORE.replace(
+        "task_prefix_attention_mask = torch.ones(batch_size, task_prefix_embeds.size(1), device=device)",
+        "task_prefix_attention_mask = inputs_embeds.new_ones(batch_size, inputs_embeds.size(1))",
+    ),
+)
+
 @pytest.fixture(params=sorted(CASES), ids=sorted(CASES))
 def case(request) -> Case:
     return CASES[request.param]
@@ -774,6 +843,7 @@ REGISTERED = {
     "generation-mixin": InheritGenerationMixin,
     "generation-defaults-model": ApplyGenerationDefaults,
     "output-embeddings": DelegateOutputEmbeddings,
+    "prompt-padding-mask": PassPromptMaskToMerge,
     "extra-special-tokens": ReadExtraSpecialTokensWhenRenamed,
     "image-processor-options": DropNoneImageOptions,
 }
@@ -819,6 +889,20 @@ def test_keeps_crlf_line_endings(case: Case):
 def test_fixed_snippets_still_parse_as_python(case: Case):
     compile(case.after, case.filename, "exec")
 
+
+
+def test_prompt_mask_fix_completes_a_copy_fixed_halfway():
+    # merge and generate fixed, forward's call not (say, edited by hand): only the call changes
+    halfway = _MERGE_AFTER.replace(
+        "inputs_embeds, attention_mask = self._merge_input_ids_with_image_features(image_features, inputs_embeds, attention_mask)\n"
+        "        return self.language_model(",
+        "inputs_embeds, attention_mask = self._merge_input_ids_with_image_features(image_features, inputs_embeds)\n"
+        "        return self.language_model(",
+    )
+    assert halfway != _MERGE_AFTER
+    result = CASES["prompt-padding-mask"].fix.run(halfway)
+    assert result.outcome is FixOutcome.NEEDED
+    assert result.code == _MERGE_AFTER
 
 # --- the two output-class fixes compose in either order ---------------------------------------
 

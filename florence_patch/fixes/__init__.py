@@ -50,6 +50,9 @@ ALL_FIXES: tuple[Fix, ...] = (
     # (the top model has no get_output_embeddings), so a fine-tune comes back with a random head.
     Fix("output-embeddings", "Multimodal model delegates get_output_embeddings so 4.x re-ties lm_head on reload",
         _MODELING, ".output_embeddings:DelegateOutputEmbeddings", max_transformers="5.0"),
+    # Every version: the merge builds an all-ones mask, so batched prompts attend to their padding.
+    Fix("prompt-padding-mask", "forward and generate pass the prompt's attention mask on, so a batch's padding is not attended to",
+        _MODELING, ".prompt_padding_mask:PassPromptMaskToMerge"),
     Fix("extra-special-tokens", "Read additional_special_tokens, or extra_special_tokens where renamed",
         _PROCESSING, ".extra_special_tokens:ReadExtraSpecialTokensWhenRenamed", min_transformers="5.0"),
     Fix("image-processor-options", "Pass image-processor options only when not None",
