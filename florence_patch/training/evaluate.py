@@ -250,13 +250,14 @@ def generate_predictions(
     try:
         with torch.no_grad(), (autocast() if autocast else contextlib.nullcontext()):
             for batch in tqdm(loader, total=total, desc="generating answers", disable=not show_progress):
-                # No attention_mask: Florence-2's generate prepends image tokens the prompt mask
-                # does not cover, and (like training) attends to every position.
+                # With the prompts' mask the padding of the shorter ones is not attended to (as in
+                # training, with the prompt-padding-mask fix): an answer does not depend on the batch.
                 generated = generate_sharing_pages(
                     model,
                     input_ids=batch["input_ids"].to(device),
                     pixel_values=batch["pixel_values"].to(device=device, dtype=dtype),
                     page_index=batch["page_index"],
+                    attention_mask=batch["attention_mask"].to(device),
                     max_new_tokens=max_new_tokens,
                     num_beams=num_beams,
                     do_sample=False,

@@ -90,28 +90,39 @@ def generate_sharing_pages(
     input_ids: torch.Tensor,
     pixel_values: torch.Tensor,
     page_index: list[int] | None = None,
+    attention_mask: torch.Tensor | None = None,
     **generate_kwargs: Any,
 ):
     """``model.generate(input_ids=..., pixel_values=...)``, running the vision tower once per distinct page.
 
     ``page_index[i]``: the row of ``pixel_values`` that question ``i`` asks about (the eval
     collator's output, one row per distinct page). Without it, the rows of ``pixel_values``
-    (one per question) are compared to find the repeated pages. Falls back to the plain call
-    when no page repeats, or when the model does not have Florence-2's generate() parts.
+    (one per question) are compared to find the repeated pages. ``attention_mask``: the
+    prompts' mask (the processor's); the image tokens are put in front of it, so the padding of
+    a batch's shorter prompts is not attended to and each answer is the one the question gets
+    alone (the ``prompt-padding-mask`` fix makes ``generate(attention_mask=...)`` do the same).
+    Without it every position is attended to, as the published code does. Falls back to the
+    plain call when no page repeats and there is no mask, or when the model does not have
+    Florence-2's generate() parts.
     """
     if page_index is None:
         first, page_index = distinct_pages(pixel_values)
         pixel_values = pixel_values[first]
     core = _core(model)
     repeats = len(pixel_values) < len(page_index)
-    if not repeats or not all(callable(getattr(core, name, None)) for name in _SHARED_PAGE_METHODS):
+    masked = {} if attention_mask is None else {"attention_mask": attention_mask}
+    if not all(callable(getattr(core, name, None)) for name in _SHARED_PAGE_METHODS) or not (repeats or masked):
         every = pixel_values[torch.tensor(page_index, device=pixel_values.device)] if repeats else pixel_values
-        return model.generate(input_ids=input_ids, pixel_values=every, **generate_kwargs)
+        return model.generate(input_ids=input_ids, pixel_values=every, **masked, **generate_kwargs)
     features = core._encode_image(pixel_values)
     features = features[torch.tensor(page_index, device=features.device)]
     embeds = core.get_input_embeddings()(input_ids)
-    embeds, _ = core._merge_input_ids_with_image_features(features, embeds)
-    return core.generate(input_ids=None, inputs_embeds=embeds, **generate_kwargs)
+    embeds, merged_mask = core._merge_input_ids_with_image_features(features, embeds)
+    if attention_mask is not None:
+        # [image tokens, prompt]: the merge's own mask attends to every position
+        merged_mask = torch.cat([merged_mask[:, : -attention_mask.shape[1]], attention_mask.to(merged_mask)], dim=1)
+        masked = {"attention_mask": merged_mask}
+    return core.generate(input_ids=None, inputs_embeds=embeds, **masked, **generate_kwargs)
 
 
 class PageGroupedSampler(torch.utils.data.Sampler[int]):
