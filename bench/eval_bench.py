@@ -7,7 +7,11 @@ model and the same questions, interleaved, each in a fresh interpreter:
 
 * ``baseline`` -- the recipe's loop, written here: batches of 4 questions in dataset order, the
   processor called in the loop, ``generate(num_beams=3, max_new_tokens=1024)`` in fp32,
-  ``batch_decode`` and ``post_process_generation`` per answer.
+  ``batch_decode`` and ``post_process_generation`` per answer. By default it also passes the
+  prompts' ``attention_mask`` (which the published code could not take, and which the
+  ``prompt-padding-mask`` fix makes it honour), so both arms compute each question's own answer
+  and the ratio compares speed on the same answers. ``--no-baseline-mask`` runs the loop as
+  published: its answers then depend on the other questions of their batch of 4.
 * ``ours`` -- ``florence_patch.training.evaluate.evaluate(EvalConfig(...))``, the function behind
   ``florence-patch eval``, with its defaults (length-sorted batches, DataLoader workers when the
   evaluation is long enough to start them, bf16 on GPUs that have it, its own batch size and
@@ -117,10 +121,12 @@ def baseline_arm(args) -> dict[str, Any]:
             images = [image if image.mode == "RGB" else image.convert("RGB") for image in batch["image"]]
             prompts = [TASK_PROMPT + question for question in batch["question"]]
             inputs = processor(text=prompts, images=images, return_tensors="pt", padding=True).to(device)
+            mask = {"attention_mask": inputs["attention_mask"]} if args.baseline_mask else {}
             with torch.no_grad():
                 generated = model.generate(
                     input_ids=inputs["input_ids"],
                     pixel_values=inputs["pixel_values"],
+                    **mask,
                     max_new_tokens=RECIPE["max_new_tokens"],
                     num_beams=RECIPE["num_beams"],
                 )
@@ -152,7 +158,7 @@ def baseline_arm(args) -> dict[str, Any]:
         "anls": statistics.fmean(anls_score(p, g) for p, g in zip(predictions, golds)),
         "peak_memory_mib": round(memory.peak_mib(), 1),
         "batch_sequence_tokens": round(generated_tokens / len(predictions), 1),
-        "settings": {**RECIPE, "num_workers": 0, "order": "dataset"},
+        "settings": {**RECIPE, "num_workers": 0, "order": "dataset", "prompt_mask": args.baseline_mask},
         "predictions": _prediction_rows(rows["questionId"], predictions, golds),
         "device_name": device_name(device),
     }
@@ -212,6 +218,7 @@ def ours_arm(args) -> dict[str, Any]:
             "precision": _PRECISION_NAMES.get(result.settings["dtype"], result.settings["dtype"]),
             "num_workers": result.settings["num_workers"],
             "order": "length-sorted",
+            "prompt_mask": True,
         },
         "predictions": _prediction_rows(
             [p.question_id for p in predictions], [p.prediction for p in predictions], [p.answers for p in predictions]
@@ -247,6 +254,8 @@ def _arm_args(args, workload: Workload, model: Path, arm: str, run: int) -> list
     ]
     if args.warmup_questions is not None:
         result += ["--warmup-questions", str(args.warmup_questions)]
+    if not args.baseline_mask:
+        result.append("--no-baseline-mask")
     for name in ("num_workers", "batch_size", "max_new_tokens"):
         value = getattr(args, name)
         if value is not None:
@@ -348,6 +357,8 @@ def parse_args(argv=None):
                              "shape was seen once, as in a long evaluation)")
     parser.add_argument("--timed-passes", type=int, default=4,
                         help="timed passes over the questions (a longer window: 32 questions take ~1 s on 2 cores)")
+    parser.add_argument("--baseline-mask", action=argparse.BooleanOptionalAction, default=True,
+                        help="the baseline passes the prompts' attention_mask to generate (--no-baseline-mask: as published)")
     parser.add_argument("--split", default="train", help="split the questions come from (train: the fitted pages)")
     parser.add_argument("--fit-steps", type=int, default=None, help="fitting steps (default: per shape)")
     parser.add_argument("--fit-lr", type=float, default=None, help="fitting learning rate (default: per shape)")
