@@ -394,6 +394,19 @@ def test_model_card_states_the_scores():
     assert "base_model: microsoft/Florence-2-base-ft" in card
     assert "| ANLS | 0.8123 |" in card and "| table/list | 4 | 0.6000 |" in card
     assert "output-class" in card and "250 trained (25.0%)" in card and "florence-patch train --dataset X" in card
+    assert "padding=True" not in card  # trained without the prompt-padding-mask fix: no batched usage claimed
+
+
+def test_model_card_shows_batched_usage_when_the_code_masks_prompt_padding():
+    from florence_patch.training.model_card import CardFacts, render_model_card
+
+    card = render_model_card(CardFacts(
+        base_model="microsoft/Florence-2-base-ft", base_revision="abc123", dataset="HuggingFaceM4/DocumentVQA",
+        train_split="train", eval_split="validation", fixes=("output-class", "prompt-padding-mask"),
+        hyperparameters={}, parameters_total=1000, parameters_trainable=250, train_metrics={},
+        eval_metrics={}, command="florence-patch train --dataset X", last_train_loss=None,
+    ))
+    assert "model.generate(**inputs" in card and "padding=True" in card
 
 
 def test_length_sorted_batches():

@@ -88,6 +88,15 @@ def render_model_card(facts: CardFacts) -> str:
         f'print(processor.post_process_generation(text, task="{facts.task_prompt}", image_size=page.size))',
         "```",
         "",
+    ]
+    if "prompt-padding-mask" in facts.fixes:
+        lines += [
+            "Several questions at once: `processor(..., padding=True)` and `model.generate(**inputs, ...)`; the "
+            "code in this directory masks the padding of the shorter prompts (as it did in training), so each "
+            "answer is the one its question gets alone.",
+            "",
+        ]
+    lines += [
         "Or score it: `florence-patch eval --model PATH_TO_THIS_DIRECTORY --dataset DATASET`.",
         "",
         "The remote code in this directory (`*_florence2.py`) is the fixed code the model was trained with"

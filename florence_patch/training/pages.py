@@ -120,7 +120,8 @@ def generate_sharing_pages(
     embeds, merged_mask = core._merge_input_ids_with_image_features(features, embeds)
     if attention_mask is not None:
         # [image tokens, prompt]: the merge's own mask attends to every position
-        merged_mask = torch.cat([merged_mask[:, : -attention_mask.shape[1]], attention_mask.to(merged_mask)], dim=1)
+        image_tokens = merged_mask.shape[1] - attention_mask.shape[1]
+        merged_mask = torch.cat([merged_mask[:, :image_tokens], attention_mask.to(merged_mask)], dim=1)
         masked = {"attention_mask": merged_mask}
     return core.generate(input_ids=None, inputs_embeds=embeds, **masked, **generate_kwargs)
 
