@@ -232,6 +232,29 @@ def main(request: dict[str, Any]) -> int:
             raise AssertionError(f"decoding steps after the first saw {sorted(set(later))} tokens: the KV cache is not used")
         return f"{len(seen)} decoding steps; every step after the first saw 1 token"
 
+    def prompt_padding() -> str:
+        # A prompt padded to a longer one (as in any batch) must give what it gives alone.
+        model, inputs = state["model"], batch()
+        config = model.config
+        text_config = getattr(config, "text_config", config)
+        pad = getattr(text_config, "pad_token_id", None)
+        pad = 1 if pad is None else int(pad)
+        prompt, labels = inputs["input_ids"][:1], inputs["labels"][:1]
+        padded = torch.cat([prompt, torch.full((1, 3), pad, dtype=prompt.dtype)], dim=1)
+        mask = torch.cat([torch.ones_like(prompt), torch.zeros(1, 3, dtype=prompt.dtype)], dim=1)
+        pixel_values = inputs["pixel_values"][:1]
+        with torch.no_grad():
+            alone = model(input_ids=prompt, pixel_values=pixel_values, labels=labels).logits
+            masked = model(input_ids=padded, pixel_values=pixel_values, attention_mask=mask, labels=labels).logits
+        difference = float((masked - alone).abs().max())
+        scale = max(1.0, float(alone.abs().max()))
+        if not difference <= 1e-4 * scale:
+            raise AssertionError(
+                f"a prompt padded by 3 tokens changes the logits by {difference:.3g}: the padding is attended to "
+                "(florence-patch apply: prompt-padding-mask)"
+            )
+        return f"padded prompt, masked: logits within {difference:.1g} of the prompt alone"
+
     def save_reload() -> str:
         model, inputs = state["model"], batch()
         with tempfile.TemporaryDirectory() as tmp:
@@ -272,6 +295,7 @@ def main(request: dict[str, Any]) -> int:
     report.run("backward", backward, needs=("forward-with-labels",))
     report.run("generate", generate, needs=("build-model",))
     report.run("kv-cache", kv_cache, needs=("generate",))
+    report.run("prompt-padding", prompt_padding, needs=("forward-with-labels",))
     report.run("save-reload", save_reload, needs=("forward-with-labels",))
     return 1 if report.failed else 0
 

@@ -54,7 +54,8 @@ def test_verify_fails_before_apply_and_passes_after(demo_home, tf449):
     applied = run_cli(["apply", REPO_ID, "--verify"], demo_home, tf449=tf449)
     assert applied.returncode == 0, applied.stdout[-3000:] + applied.stderr[-2000:]
     assert "verify: passed" in applied.stdout
-    for check in ("forward-with-labels", "backward", "generate", "kv-cache", "save-reload", "processor", "tied-embeddings"):
+    checks_run = ("forward-with-labels", "backward", "generate", "kv-cache", "prompt-padding", "save-reload", "processor", "tied-embeddings")
+    for check in checks_run:
         assert re.search(rf"^{check}\s+pass\s", applied.stdout, flags=re.MULTILINE), check
     assert "(resized, normalised)" in applied.stdout
 
@@ -69,3 +70,18 @@ def test_verify_with_real_weights_after_apply(demo_home):
 def test_verify_needs_a_model(tmp_path):
     result = run_cli(["verify"], tmp_path)
     assert result.returncode == 2 and "needs a model" in result.stderr
+
+
+def test_verify_finds_attended_prompt_padding_without_its_fix(demo_home):
+    import transformers
+
+    from florence_patch.fixes import select_fixes
+
+    others = [f.id for f in select_fixes(transformers.__version__) if f.id != "prompt-padding-mask"]
+    applied = run_cli(["apply", REPO_ID, *[arg for fix in others for arg in ("--fix", fix)]], demo_home)
+    assert applied.returncode == 0, applied.stdout[-3000:] + applied.stderr[-2000:]
+    report = run_cli(["verify", REPO_ID, "--format", "json"], demo_home)
+    assert report.returncode == 1, report.stderr[-2000:]
+    failed = {name: c for name, c in checks(report.stdout).items() if not c["passed"]}
+    assert list(failed) == ["prompt-padding"]
+    assert "padding is attended to" in failed["prompt-padding"]["detail"]
