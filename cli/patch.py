@@ -100,7 +100,9 @@ def apply(
 
         download_code(model, revision=revision, cache_dir=cache_dir)
     fixes = _fixes(fix, all_fixes)
-    plans = [plan_fix(copy, fixes) for copy in _scan(model, revision, cache_dir)]
+    # Applying needs only the states here: apply_all renders the fixed code while transformers
+    # creates the modules-cache copies (the diff of --dry-run needs it now).
+    plans = [plan_fix(copy, fixes, render=dry_run) for copy in _scan(model, revision, cache_dir)]
     blocked = [p for p in plans if p.status.state in (CopyState.UNRECOGNIZED, CopyState.MODIFIED)]
     if dry_run or check:
         for plan in plans:

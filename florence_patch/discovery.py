@@ -17,6 +17,7 @@ A scan never aborts on one bad entry: it collects warnings.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from dataclasses import dataclass, field, replace
@@ -86,6 +87,7 @@ class CopyScan:
     warnings: tuple[str, ...] = field(default_factory=tuple)
 
 
+@functools.cache  # reading the metadata takes ~7 ms; apply asks once per copy it patches
 def installed_transformers_version() -> str:
     """The installed transformers version, without importing it (keeps --help instant)."""
     try:

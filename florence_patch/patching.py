@@ -15,6 +15,8 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -194,9 +196,14 @@ def assess(copy: RemoteCodeCopy, fixes: tuple[Fix, ...] | None = None) -> CopySt
     return _plan(copy, fixes, render=False).status
 
 
-def plan_fix(copy: RemoteCodeCopy, fixes: tuple[Fix, ...] | None = None) -> PatchPlan:
-    """What applying ``fixes`` to ``copy`` would write. Writes nothing."""
-    return _plan(copy, fixes)
+def plan_fix(copy: RemoteCodeCopy, fixes: tuple[Fix, ...] | None = None, *, render: bool = True) -> PatchPlan:
+    """What applying ``fixes`` to ``copy`` would write. Writes nothing.
+
+    ``render=False``: the state and pending fixes only, no new bytes (``changes`` is empty), as
+    known without libcst for published code; :func:`apply_all` renders them while transformers
+    creates the modules-cache copies.
+    """
+    return _plan(copy, fixes, render=render)
 
 
 def _plan(copy: RemoteCodeCopy, fixes: tuple[Fix, ...] | None, *, render: bool = True) -> PatchPlan:
@@ -373,8 +380,20 @@ def materialize(copies: list[RemoteCodeCopy]) -> None:
     not pay for importing it. One subprocess serves any number of copies; each target is locked
     while it is created, so concurrent callers wait and then find it there.
     """
+    with _materializing(copies):
+        pass
+
+
+@contextlib.contextmanager
+def _materializing(copies: list[RemoteCodeCopy]) -> Iterator[None]:
+    """:func:`materialize`, with the body running while the subprocess creates the copies.
+
+    The targets stay locked until the subprocess is done; the body must not read them (a target
+    is half-written until then), only what it read before entering.
+    """
     pending = [c for c in copies if c.kind is CopyKind.HUB and not c.materialized and c.source_dir is not None]
     if not pending:
+        yield
         return
     pending.sort(key=lambda c: str(c.target_dir))  # one lock order for every process: no deadlock
     with contextlib.ExitStack() as stack:
@@ -382,8 +401,19 @@ def materialize(copies: list[RemoteCodeCopy]) -> None:
             copy.target_dir.mkdir(parents=True, exist_ok=True)
             stack.enter_context(locked(copy.target_dir))
         still_missing = [c for c in pending if not c.materialized]
-        if still_missing:
-            _run_materialize(still_missing)
+        # stderr to a file: a pipe nobody reads while the body runs could fill and stall transformers
+        stderr = stack.enter_context(tempfile.TemporaryFile("w+"))
+        process = _start_materialize(still_missing, stderr) if still_missing else None
+        try:
+            yield
+        finally:
+            if process is not None:
+                # Even when the body failed: transformers finishes what it started, under the locks.
+                process.wait()
+        if process is not None and process.returncode != 0:
+            stderr.seek(0)
+            last = (stderr.read().strip().splitlines() or ["unknown error"])[-1]
+            raise FlorencePatchError(f"transformers could not create the modules-cache copy: {last}")
     for copy in pending:
         if not copy.materialized:
             raise FlorencePatchError(
@@ -391,7 +421,7 @@ def materialize(copies: list[RemoteCodeCopy]) -> None:
             )
 
 
-def _run_materialize(copies: list[RemoteCodeCopy]) -> None:
+def _start_materialize(copies: list[RemoteCodeCopy], stderr) -> subprocess.Popen:
     modules = CacheLocations.resolve().modules
     request = [
         {
@@ -403,18 +433,44 @@ def _run_materialize(copies: list[RemoteCodeCopy]) -> None:
         for c in copies
     ]
     env = dict(os.environ, HF_MODULES_CACHE=str(modules), HF_HUB_OFFLINE="1")
-    proc = subprocess.run(
+    return subprocess.Popen(
         [sys.executable, "-c", _MATERIALIZE_SCRIPT, json.dumps(request)],
-        capture_output=True, text=True, env=env, check=False,
+        stdout=subprocess.DEVNULL, stderr=stderr, text=True, env=env,
     )
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
-        raise FlorencePatchError(f"transformers could not create the modules-cache copy: {last}")
+
+
+def _render_fixed_code(read_dir: Path, fixes: tuple[Fix, ...]) -> None:
+    """Run ``fixes`` on the files in ``read_dir`` into this process's cache of fixed code (by content)."""
+    by_file: dict[str, list[Fix]] = {}
+    for fix in fixes:
+        by_file.setdefault(fix.filename, []).append(fix)
+    for filename, file_fixes in by_file.items():
+        path = read_dir / filename
+        if not path.is_file():
+            continue
+        data = path.read_bytes()
+        try:
+            _outcomes(data, _decode(path, data), tuple(file_fixes), render=True)
+        except UnrecognizedError:
+            pass  # execute() plans again and reports it
 
 
 def apply_all(plans: list[PatchPlan]) -> list[ApplyResult]:
-    materialize([p.copy for p in plans if p.changes])
-    return [plan.execute() for plan in plans if plan.changes]
+    """Execute the plans of the copies that need a fix (plans with or without rendered changes).
+
+    A hub revision never imported has no modules-cache copy yet: transformers creates them in a
+    subprocess (seconds, mostly importing transformers) while this process renders the fixed
+    code from the snapshots' identical bytes, which execute() then finds by content.
+    """
+    needing = [p for p in plans if p.changes or p.status.state is CopyState.NEEDS_FIX]
+    sources = [(p.copy.read_dir, p.fixes) for p in needing]  # before transformers writes a target
+    try:
+        with _materializing([p.copy for p in needing]):
+            for read_dir, fixes in sources:
+                _render_fixed_code(read_dir, fixes)
+    finally:
+        OUTCOMES.save()
+    return [plan.execute() for plan in needing]
 
 
 __all__ = [

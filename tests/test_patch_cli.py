@@ -274,3 +274,30 @@ def test_sixteen_concurrent_applies_patch_once(tmp_path, hf_home):
     assert not list(directory.glob(".*.tmp"))
     history = json.loads((state / "manifest.json").read_text())["history"]
     assert len(history) == 1
+
+
+def test_apply_renders_while_transformers_materializes_and_writes_what_dry_run_shows(tiny_repo, hf_home):
+    dry = cli("apply", REPO_ID, "--revision", NEEDS_FIX_COMMIT, "--dry-run")
+    assert dry.exit_code == 0 and "+++ b/modeling_florence2.py" in dry.output
+    assert not (modules_copy(hf_home) / "modeling_florence2.py").exists()
+    from florence_patch.patching import plan_fix
+
+    (copy,) = find_copies(REPO_ID, revision=NEEDS_FIX_COMMIT).copies
+    expected = {change.filename: change.new for change in plan_fix(copy).changes}
+    assert cli("apply", REPO_ID, "--revision", NEEDS_FIX_COMMIT).exit_code == 0
+    for name, new in expected.items():
+        assert (modules_copy(hf_home) / name).read_bytes() == new
+
+
+def test_apply_reports_a_failed_materialization_and_writes_no_fix(tiny_repo, hf_home, monkeypatch):
+    from florence_patch import patching
+    from florence_patch.errors import FlorencePatchError
+
+    monkeypatch.setattr(patching, "_MATERIALIZE_SCRIPT", "import sys; sys.exit('transformers is broken here')")
+    (copy,) = find_copies(REPO_ID, revision=NEEDS_FIX_COMMIT).copies
+    plan = patching.plan_fix(copy, render=False)
+    assert plan.status.state is CopyState.NEEDS_FIX and not plan.changes
+    with pytest.raises(FlorencePatchError, match="transformers is broken here"):
+        patching.apply_all([plan])
+    assert not (modules_copy(hf_home) / "modeling_florence2.py").exists()
+    assert not list(modules_copy(hf_home).rglob("manifest*"))
