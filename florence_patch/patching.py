@@ -146,14 +146,14 @@ def _outcomes(
 
 
 def _run_fixes(
-    copy: RemoteCodeCopy, fixes: tuple[Fix, ...], *, render: bool = True
+    read_dir: Path, fixes: tuple[Fix, ...], *, render: bool = True
 ) -> dict[str, tuple[bytes, bytes | None, list[str]]]:
-    """Run ``fixes`` on the bytes transformers will import; per file (old, new, fix ids needed).
+    """Run ``fixes`` on the files in ``read_dir`` (where the bytes transformers will import live);
+    per file (old, new, fix ids needed).
 
     ``new`` is None when ``render`` is False (status only needs the outcomes).
     Raises UnrecognizedError when a file is not Florence-2 or has a shape we do not know.
     """
-    read_dir = copy.read_dir
     modeling = read_dir / MODELING_FILE
     if not modeling.is_file():
         raise UnrecognizedError(f"{read_dir}: no {MODELING_FILE}")
@@ -221,7 +221,7 @@ def _plan(copy: RemoteCodeCopy, fixes: tuple[Fix, ...] | None, *, render: bool =
                 reason = f"{name} changed since florence-patch patched it (sha256 {current[:12]}…)"
                 return PatchPlan(CopyStatus(copy, CopyState.MODIFIED, applied=applied, reason=reason), fixes, ())
     try:
-        results = _run_fixes(copy, fixes, render=render)
+        results = _run_fixes(copy.read_dir, fixes, render=render)
     except UnrecognizedError as error:
         return PatchPlan(CopyStatus(copy, CopyState.UNRECOGNIZED, applied=applied, reason=str(error)), fixes, ())
     pending = tuple(fid for _, _, ids in results.values() for fid in ids)
@@ -439,22 +439,6 @@ def _start_materialize(copies: list[RemoteCodeCopy], stderr) -> subprocess.Popen
     )
 
 
-def _render_fixed_code(read_dir: Path, fixes: tuple[Fix, ...]) -> None:
-    """Run ``fixes`` on the files in ``read_dir`` into this process's cache of fixed code (by content)."""
-    by_file: dict[str, list[Fix]] = {}
-    for fix in fixes:
-        by_file.setdefault(fix.filename, []).append(fix)
-    for filename, file_fixes in by_file.items():
-        path = read_dir / filename
-        if not path.is_file():
-            continue
-        data = path.read_bytes()
-        try:
-            _outcomes(data, _decode(path, data), tuple(file_fixes), render=True)
-        except UnrecognizedError:
-            pass  # execute() plans again and reports it
-
-
 def apply_all(plans: list[PatchPlan]) -> list[ApplyResult]:
     """Execute the plans of the copies that need a fix (plans with or without rendered changes).
 
@@ -464,12 +448,10 @@ def apply_all(plans: list[PatchPlan]) -> list[ApplyResult]:
     """
     needing = [p for p in plans if p.changes or p.status.state is CopyState.NEEDS_FIX]
     sources = [(p.copy.read_dir, p.fixes) for p in needing]  # before transformers writes a target
-    try:
-        with _materializing([p.copy for p in needing]):
-            for read_dir, fixes in sources:
-                _render_fixed_code(read_dir, fixes)
-    finally:
-        OUTCOMES.save()
+    with _materializing([p.copy for p in needing]):
+        for read_dir, fixes in sources:
+            with contextlib.suppress(UnrecognizedError):  # execute() plans again and reports it
+                _run_fixes(read_dir, fixes)
     return [plan.execute() for plan in needing]
 
 
