@@ -41,6 +41,11 @@ def find_all(tree: cst.CSTNode, matcher: m.BaseMatcherNode) -> list[cst.CSTNode]
     return found
 
 
+def assignment_line(name: str, value: m.BaseMatcherNode | m.DoNotCareSentinel = m.DoNotCare()) -> m.SimpleStatementLine:
+    """A matcher for the statement line ``name = <value>`` (one target, one statement on the line)."""
+    return m.SimpleStatementLine(body=[m.Assign(targets=[m.AssignTarget(target=m.Name(name))], value=value)])
+
+
 def dotted_name(node: cst.BaseExpression) -> str | None:
     """``a.b.c`` for a Name/Attribute chain, else None."""
     if isinstance(node, cst.Name):

@@ -18,20 +18,15 @@ import libcst as cst
 import libcst.matchers as m
 from libcst.codemod import SkipFile
 
-from ._cst import body_statements, find_all, method, parse_block, top_level_classes
+from ._cst import assignment_line, body_statements, find_all, method, parse_block, top_level_classes
 from .base import FlorenceCodemod, UnrecognizedCode
 
 MERGE = "_merge_input_ids_with_image_features"
 MASK = "attention_mask"
 
 # Where the merge builds the prompt's all-ones mask: the prompt's own mask replaces it.
-_PROMPT_ONES = m.SimpleStatementLine(
-    body=[
-        m.Assign(
-            targets=[m.AssignTarget(target=m.Name("task_prefix_attention_mask"))],
-            value=m.Call(func=m.Attribute(value=m.Name("torch"), attr=m.Name("ones"))),
-        )
-    ]
+_PROMPT_ONES = assignment_line(
+    "task_prefix_attention_mask", m.Call(func=m.Attribute(value=m.Name("torch"), attr=m.Name("ones")))
 )
 _USE_PROMPT_MASK_SOURCE = (
     "# the prompt's own mask: the padding of a batch's shorter prompts is not attended to\n"

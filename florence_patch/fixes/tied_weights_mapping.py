@@ -21,6 +21,7 @@ import libcst.matchers as m
 from libcst.codemod import SkipFile
 
 from ._cst import (
+    assignment_line,
     body_statements,
     class_attribute,
     dotted_name,
@@ -33,10 +34,11 @@ from .base import FlorenceCodemod, UnrecognizedCode
 
 ATTRIBUTE = "_tied_weights_keys"
 EMBEDDING = "shared"
+_ATTRIBUTE_LINE = assignment_line(ATTRIBUTE)
 
 
 def _class_attribute_line(statement: cst.BaseStatement) -> cst.Assign | None:
-    if m.matches(statement, m.SimpleStatementLine(body=[m.Assign(targets=[m.AssignTarget(target=m.Name(ATTRIBUTE))])])):
+    if m.matches(statement, _ATTRIBUTE_LINE):
         return statement.body[0]  # type: ignore[attr-defined,return-value]
     return None
 

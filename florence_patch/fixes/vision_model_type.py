@@ -13,20 +13,15 @@ import libcst as cst
 import libcst.matchers as m
 from libcst.codemod import SkipFile
 
-from ._cst import find_all
+from ._cst import assignment_line, find_all
 from .base import FlorenceCodemod, UnrecognizedCode
 
 COMPOSITE_CONFIG = "Florence2Config"
 VISION_MODEL_TYPE = "davit"
 
 # vision_config = PretrainedConfig(**vision_config)
-_BUILD_VISION_CONFIG = m.SimpleStatementLine(
-    body=[
-        m.Assign(
-            targets=[m.AssignTarget(target=m.Name("vision_config"))],
-            value=m.Call(func=m.Name("PretrainedConfig") | m.Attribute(attr=m.Name("PretrainedConfig"))),
-        )
-    ]
+_BUILD_VISION_CONFIG = assignment_line(
+    "vision_config", m.Call(func=m.Name("PretrainedConfig") | m.Attribute(attr=m.Name("PretrainedConfig")))
 )
 # vision_config.model_type = ...
 _SET_MODEL_TYPE = m.SimpleStatementLine(
