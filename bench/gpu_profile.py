@@ -6,7 +6,9 @@ as a user would), and prints one JSON line per measurement:
 
 * ``train-step`` -- one optimiser step on a batch already on the device (no data loading), per
   precision: fp32 (as the recipe runs), bf16 autocast (as ``train`` runs on GPUs), and bf16
-  autocast under ``torch.compile`` (``--compile``). Wall ms per step, the process's CPU ms per
+  autocast under ``torch.compile`` (``--compile``); each first with the DaViT window attention as
+  the model writes it, then through SDPA (`` + vision SDPA``: what ``train`` and ``eval`` run,
+  ``--vision-sdpa``); the compiled step and the evaluation lines are with SDPA. Wall ms per step, the process's CPU ms per
   step, and on CUDA the kernels' own time per step and the kernel launches per step (one
   profiled step, torch.profiler): when the kernels' time is far below the wall time and the CPU
   time matches the wall time, the step is bound by launching kernels from Python, not by the GPU.
@@ -83,7 +85,10 @@ def _time_steps(device: str, run_step, steps: int) -> dict[str, float]:
     return {"wall_ms_per_step": round(1000 * wall / steps, 1), "cpu_ms_per_step": round(1000 * cpu / steps, 1)}
 
 
-def profile_training(args, device: str, model, batch: dict, record, *, compiled_only: bool = False) -> None:
+def profile_training(
+    args, device: str, model, batch: dict, record, *, compiled_only: bool = False, label: str = ""
+) -> None:
+    """Time training steps per variant; ``label`` names what was done to the model (its attention)."""
     import torch
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, **({"fused": True} if device == "cuda" else {}))
@@ -111,14 +116,14 @@ def profile_training(args, device: str, model, batch: dict, record, *, compiled_
             measured = _time_steps(device, run_step, args.steps)
             kernels = _kernel_profile(device, run_step)
         except Exception as error:  # a profile reports what failed and goes on to the next variant
-            record({"what": "train-step", "variant": name, "error": f"{type(error).__name__}: {error}"[:500]})
+            record({"what": "train-step", "variant": name + label, "error": f"{type(error).__name__}: {error}"[:500]})
             continue
         record({
-            "what": "train-step", "variant": name, "batch_size": len(batch["input_ids"]),
+            "what": "train-step", "variant": name + label, "batch_size": len(batch["input_ids"]),
             "first_step_s": round(first, 2), **measured, **kernels,
             "samples_per_s": round(len(batch["input_ids"]) * 1000 / measured["wall_ms_per_step"], 2),
         })
-    if compiled_only:
+    if compiled_only or label:
         return
     record({
         "what": "train-settings",
@@ -272,7 +277,11 @@ def profile_arm(args) -> None:
     import torch
 
     from florence_patch.training.data import Florence2VQACollator, load_vqa_split
-    from florence_patch.training.model import fix_remote_code, load_model_and_processor
+    from florence_patch.training.model import (
+        fix_remote_code,
+        load_model_and_processor,
+        run_window_attention_through_sdpa,
+    )
 
     device = resolve_device(args.device)
 
@@ -286,7 +295,11 @@ def profile_arm(args) -> None:
     batch = Florence2VQACollator(processor, task_prompt=TASK_PROMPT)([rows[i] for i in range(args.batch_size)])
     batch = {key: value.to(device) for key, value in batch.items()}
     if args.train:
-        profile_training(args, device, model, batch, record)
+        profile_training(args, device, model, batch, record)  # the DaViT attention as the model writes it
+    # What train and eval run (--vision-sdpa, their default) from here on.
+    record({"what": "vision-sdpa", "switched": run_window_attention_through_sdpa(model)})
+    if args.train:
+        profile_training(args, device, model, batch, record, label=" + vision SDPA")
     if args.eval:
         profile_evaluation(args, device, model.eval(), processor, rows, record)
     if args.trainer:
@@ -295,7 +308,7 @@ def profile_arm(args) -> None:
     # Last: compiling can take minutes, and what came before is printed by then.
     if args.train and args.compile and device == "cuda":
         model.to(device=device, dtype=torch.float32).train()
-        profile_training(args, device, model, batch, record, compiled_only=True)
+        profile_training(args, device, model, batch, record, compiled_only=True, label=" + vision SDPA")
 
 
 def parse_args(argv=None):

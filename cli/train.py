@@ -15,7 +15,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from florence_patch.training.config import DataOptions, EvalConfig, GenerationOptions, TrainConfig
+from florence_patch.training.config import DataOptions, EvalConfig, GenerationOptions, ModelOptions, TrainConfig
 
 from .options import FormatOpt, OutputFormat, RevisionOpt
 from .output import emit, info
@@ -61,7 +61,8 @@ QuestionIdColumnOpt = Annotated[Optional[str], _opt(DataOptions, "question_id_co
 NumWorkersOpt = Annotated[Optional[int], _opt(DataOptions, "num_workers")]
 NumBeamsOpt = Annotated[Optional[int], _opt(GenerationOptions, "num_beams")]
 MaxNewTokensOpt = Annotated[Optional[int], _opt(GenerationOptions, "max_new_tokens")]
-ModelOpt = Annotated[Optional[str], _opt(TrainConfig, "model")]
+ModelOpt = Annotated[Optional[str], _opt(ModelOptions, "model")]
+VisionSdpaOpt = Annotated[Optional[bool], _opt(ModelOptions, "vision_sdpa", "--vision-sdpa/--no-vision-sdpa")]
 PrecisionOpt = Annotated[Optional[Precision], _opt(TrainConfig, "precision")]
 ConfigFileOpt = Annotated[
     Optional[Path],
@@ -174,6 +175,7 @@ def train(
     precision: PrecisionOpt = None,
     gradient_checkpointing: GradientCheckpointingOpt = None,
     torch_compile: TorchCompileOpt = None,
+    vision_sdpa: VisionSdpaOpt = None,
     group_by_page: GroupByPageOpt = None,
     streaming: StreamingOpt = None,
     task_prompt: TaskPromptOpt = None,
@@ -233,6 +235,7 @@ def eval(  # noqa: A001 - the command is called eval
     max_samples: MaxSamplesOpt = None,
     output_dir: EvalOutputDirOpt = None,
     precision: EvalPrecisionOpt = None,
+    vision_sdpa: VisionSdpaOpt = None,
     streaming: StreamingOpt = None,
     task_prompt: TaskPromptOpt = None,
     question_column: QuestionColumnOpt = None,

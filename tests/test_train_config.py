@@ -23,6 +23,7 @@ from florence_patch.training.config import EvalConfig, TrainConfig, to_training_
 def test_defaults_and_columns():
     config = TrainConfig(dataset="data")
     assert config.model == "microsoft/Florence-2-base-ft"
+    assert config.vision_sdpa and EvalConfig(dataset="data").vision_sdpa
     assert config.num_workers is None  # resolved per machine, below
     assert config.per_device_eval_batch_size == 2 * config.batch_size
     assert TrainConfig(dataset="data", batch_size=4, eval_batch_size=3).per_device_eval_batch_size == 3
@@ -256,7 +257,7 @@ def test_cli_train_options_reach_the_config(tmp_path, captured):
     result = _invoke([
         "train", "--config", str(yaml_file), "--lr", "0.001", "--max-steps", "30", "--freeze-vision",
         "--lora", "--precision", "bf16", "--report-to", "none", "--random-answer", "--question-column", "q",
-        "--task-prompt", "<VQA>", "--resume", "--num-workers", "0",
+        "--task-prompt", "<VQA>", "--resume", "--num-workers", "0", "--no-vision-sdpa",
     ])
     assert result.exit_code == 2, result.output  # the stand-in's UsageError: exit code 2
     config = captured["train"]
@@ -264,19 +265,19 @@ def test_cli_train_options_reach_the_config(tmp_path, captured):
     assert config.lr == pytest.approx(1e-3) and config.num_workers == 0  # the command line wins
     assert (config.max_steps, config.freeze_vision, config.lora, config.precision) == (30, True, True, "bf16")
     assert config.random_answer and config.resume and config.question_column == "q"
-    assert config.task_prompt == "<VQA>"
+    assert config.task_prompt == "<VQA>" and config.vision_sdpa is False
 
 
 def test_cli_eval_options_reach_the_config(captured):
     result = _invoke([
         "eval", "--model", "out", "--dataset", "data", "--split", "test", "--batch-size", "3", "--num-beams", "2",
-        "--max-new-tokens", "9", "--max-samples", "5", "--output-dir", "ev", "--revision", "main",
+        "--max-new-tokens", "9", "--max-samples", "5", "--output-dir", "ev", "--revision", "main", "--no-vision-sdpa",
     ])
     assert result.exit_code == 2, result.output
     config = captured["eval"]
     assert (config.model, config.dataset, config.split, config.batch_size) == ("out", "data", "test", 3)
     assert (config.num_beams, config.max_new_tokens, config.max_samples) == (2, 9, 5)
-    assert (config.output_dir, config.revision) == ("ev", "main")
+    assert (config.output_dir, config.revision, config.vision_sdpa) == ("ev", "main", False)
 
 
 def test_cli_bad_option_values_exit_2_with_one_line():

@@ -138,6 +138,7 @@ def test_train_fixes_the_code_trains_evaluates_and_writes_a_self_contained_direc
     out = trained["out"]
     log = trained["log"]
     assert re.search(r"fixed the remote code of florence-patch/florence-2-tiny: .*output-class", log)
+    assert re.search(r"vision tower: [1-9]\d* window-attention modules run through scaled_dot_product_attention", log)
     assert (out / "checkpoint-2").is_dir() and (out / "checkpoint-4").is_dir()
 
     # Weights, fixed code, config, processor, generation config.
@@ -319,6 +320,7 @@ def test_eval_cli_on_the_saved_model_with_the_hub_dataset_id(workdir, trained):
     metrics = json.loads((results / "metrics.json").read_text())
     assert printed["anls"] == metrics["anls"] and metrics["count"] == metrics["scored"] == 5
     assert metrics["settings"]["num_workers"] == 1  # asked for: kept, however short the evaluation
+    assert metrics["settings"]["vision_sdpa_modules"] > 0  # --vision-sdpa, the default
     assert 0.0 <= metrics["anls"] <= 1.0 and 0.0 <= metrics["exact_match"] <= 1.0
     assert metrics["anls_by_type"] and sum(metrics["count_by_type"].values()) >= 5
     rows = [json.loads(line) for line in (results / "predictions.jsonl").read_text().splitlines()]

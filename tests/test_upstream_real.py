@@ -230,6 +230,15 @@ _CHILD = textwrap.dedent(
         report["decoder_step_lengths"] = step_lengths
         report["default_generation"] = default_generation(model)
         report["eval_loss"] = eval_loss(model)
+        # train/eval run the DaViT window attention through SDPA: the real class must pass its probe
+        from florence_patch.training.window_attention import use_sdpa_window_attention
+        switch = use_sdpa_window_attention(model)
+        report["sdpa_window_attention"] = {
+            "switched": switch.switched,
+            "kept": [list(k) for k in switch.kept],
+            "spatial_blocks": sum(type(m).__name__ == "SpatialBlock" for m in model.modules()),
+            "eval_loss": eval_loss(model),
+        }
 
         saved = tempfile.mkdtemp()
         model.save_pretrained(saved)
@@ -481,6 +490,17 @@ def test_transformers5_trains_generates_with_cache_and_reloads(runs, revision):
     assert report["generation"] == _florence_generation_defaults(revision)
     _assert_reload_keeps_the_model(report)
     assert report["reload_generation"] == _florence_generation_defaults(revision)
+
+
+@pytest.mark.parametrize("revision", _available_revisions())
+def test_transformers5_window_attention_runs_through_sdpa(runs, revision):
+    _needs_transformers5()
+    report = runs.run("model", "all-fixes", None, overlay=False)[revision]
+    assert "error" not in report, report.get("error")
+    switch = report["sdpa_window_attention"]
+    assert switch["kept"] == []
+    assert switch["switched"] == switch["spatial_blocks"] > 0  # one WindowAttention per spatial block
+    assert math.isclose(switch["eval_loss"], report["eval_loss"], rel_tol=1e-5, abs_tol=1e-6)
 
 
 @pytest.mark.parametrize("revision", _available_revisions())

@@ -141,11 +141,31 @@ class GenerationOptions(_Options):
 
 
 @dataclass(kw_only=True)
-class TrainConfig(DataOptions, GenerationOptions):
-    """One fine-tuning run of Florence-2 on a VQA set (DocVQA's schema by default)."""
+class ModelOptions(_Options):
+    """Which model, and how it runs: shared by training and evaluation."""
 
     model: str = field(default=DEFAULT_MODEL, metadata=_help("Hub model id or local checkpoint directory."))
     revision: str | None = field(default=None, metadata=_help("Model revision: branch, tag or commit id."))
+    vision_sdpa: bool = field(
+        default=True,
+        metadata=_help(
+            "Run the DaViT window attention through torch's scaled_dot_product_attention: fused kernels that keep "
+            "no attention matrices (a window-attention step about 2x faster on a 2-core CPU, bench/RESULTS.md). Each "
+            "WindowAttention class is switched only if it gives its own results on a probe; --no-vision-sdpa keeps "
+            "the model's code as written."
+        ),
+    )
+
+    def _problems(self):
+        yield from super()._problems()
+        if not str(self.model).strip():
+            yield "--model must name a model"
+
+
+@dataclass(kw_only=True)
+class TrainConfig(ModelOptions, DataOptions, GenerationOptions):
+    """One fine-tuning run of Florence-2 on a VQA set (DocVQA's schema by default)."""
+
     output_dir: str = field(
         default="florence2-docvqa",
         metadata=_help("Where checkpoints, the final model, metrics.json, the plot and the model card go."),
@@ -229,11 +249,9 @@ class TrainConfig(DataOptions, GenerationOptions):
 
 
 @dataclass(kw_only=True)
-class EvalConfig(DataOptions, GenerationOptions):
+class EvalConfig(ModelOptions, DataOptions, GenerationOptions):
     """One evaluation of a Florence-2 model on a VQA split: batched generation, ANLS."""
 
-    model: str = field(default=DEFAULT_MODEL, metadata=_help("Hub model id or local checkpoint directory."))
-    revision: str | None = field(default=None, metadata=_help("Model revision: branch, tag or commit id."))
     split: str = field(default="validation", metadata=_help("Split to evaluate."))
     batch_size: int = field(
         default=16,
@@ -252,8 +270,6 @@ class EvalConfig(DataOptions, GenerationOptions):
 
     def _problems(self):
         yield from super()._problems()
-        if not str(self.model).strip():
-            yield "--model must name a model"
         if not self.split:
             yield "--split must not be empty"
         if self.batch_size < 1:
@@ -273,8 +289,6 @@ class EvalConfig(DataOptions, GenerationOptions):
 
 def _train_problems(config: TrainConfig):
     """Every reason ``config`` cannot run, as one-line messages naming the option."""
-    if not str(config.model).strip():
-        yield "--model must name a model"
     if not config.output_dir:
         yield "--output-dir must name a directory"
     if config.epochs <= 0:

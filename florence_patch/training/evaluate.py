@@ -334,7 +334,11 @@ def evaluate(config) -> EvalResult:
     import torch
 
     from florence_patch.training.data import load_vqa_split
-    from florence_patch.training.model import fix_remote_code, load_model_and_processor
+    from florence_patch.training.model import (
+        fix_remote_code,
+        load_model_and_processor,
+        run_window_attention_through_sdpa,
+    )
 
     # Pages are tokenised in DataLoader workers forked from this process; a tokenizer that
     # already ran threads here would be switched to serial there, with a warning per worker.
@@ -357,6 +361,7 @@ def evaluate(config) -> EvalResult:
     code = fix_remote_code(config.model, config.revision)
     dtype = eval_dtype(config.precision)
     model, processor = load_model_and_processor(code, dtype=dtype)
+    sdpa_modules = run_window_attention_through_sdpa(model) if config.vision_sdpa else 0
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     predictions = generate_predictions(
@@ -391,6 +396,7 @@ def evaluate(config) -> EvalResult:
             "device": str(device),
             "num_workers": num_workers,
             "max_samples": config.max_samples,
+            "vision_sdpa_modules": sdpa_modules,  # window-attention modules run through SDPA
         },
     )
     result.output_dir.mkdir(parents=True, exist_ok=True)

@@ -271,6 +271,18 @@ def checkpoint_vision_layers(model) -> int:
     return wrapped
 
 
+def run_window_attention_through_sdpa(model) -> int:
+    """Switch the DaViT window attention to torch's SDPA (``--vision-sdpa``); returns the modules switched."""
+    from florence_patch.training.window_attention import use_sdpa_window_attention
+
+    switch = use_sdpa_window_attention(vision_tower(model))
+    logger.info(
+        "vision tower: %d window-attention modules run through scaled_dot_product_attention%s",
+        switch.switched, "".join(f"; {name} kept its code ({why})" for name, why in switch.kept),
+    )
+    return switch.switched
+
+
 def lora_target_modules(model) -> list[str]:
     """Full names of the language model's attention and MLP linears, as they exist in ``model``."""
     import torch
@@ -376,6 +388,7 @@ __all__ = [
     "freeze_vision_tower",
     "import_remote_classes",
     "load_model_and_processor",
+    "run_window_attention_through_sdpa",
     "lora_target_modules",
     "merge_lora",
     "register_for_saving",

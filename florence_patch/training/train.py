@@ -136,6 +136,8 @@ def prepare_model(config: TrainConfig, args):
         code = florence.fix_remote_code(config.model, config.revision)
         florence.import_remote_classes(code)
     model, processor = florence.load_model_and_processor(code)
+    if config.vision_sdpa:
+        florence.run_window_attention_through_sdpa(model)
     before = florence.count_parameters(model)
     if config.freeze_vision:
         frozen = florence.freeze_vision_tower(model)
