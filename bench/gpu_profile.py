@@ -12,6 +12,8 @@ as a user would), and prints one JSON line per measurement:
   step, and on CUDA the kernels' own time per step and the kernel launches per step (one
   profiled step, torch.profiler): when the kernels' time is far below the wall time and the CPU
   time matches the wall time, the step is bound by launching kernels from Python, not by the GPU.
+* ``saved-for-backward`` -- what one training forward keeps for the backward, with the model's own
+  window attention and through SDPA.
 * ``eval-loader`` -- the evaluation DataLoader alone (decode, resize, tokenise), with and without
   worker processes: seconds to the first batch and to the last.
 * ``eval-model-only`` -- the model's share: generation on batches prepared beforehand.
@@ -273,6 +275,27 @@ def profile_trainer(args, device: str, record) -> None:
         })
 
 
+def saved_for_backward(device: str, model, batch: dict, record, *, attention: str) -> None:
+    """The bytes autograd keeps for backward over one training forward (bf16 autocast on CUDA, as
+    ``train`` runs there; fp32 on CPU). A tensor saved by several operators counts each time."""
+    import torch
+
+    total = [0]
+
+    def pack(tensor):
+        total[0] += tensor.numel() * tensor.element_size()
+        return tensor
+
+    context = torch.autocast(device_type=device, dtype=torch.bfloat16) if device == "cuda" else contextlib.nullcontext()
+    with context, torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss = model(**batch).loss
+    del loss
+    record({
+        "what": "saved-for-backward", "attention": attention, "batch_size": len(batch["input_ids"]),
+        "precision": "bf16 autocast" if device == "cuda" else "fp32", "mib": round(total[0] / 2**20, 1),
+    })
+
+
 def profile_arm(args) -> None:
     import torch
 
@@ -295,10 +318,12 @@ def profile_arm(args) -> None:
     batch = Florence2VQACollator(processor, task_prompt=TASK_PROMPT)([rows[i] for i in range(args.batch_size)])
     batch = {key: value.to(device) for key, value in batch.items()}
     if args.train:
+        saved_for_backward(device, model, batch, record, attention="the model's own")
         profile_training(args, device, model, batch, record)  # the DaViT attention as the model writes it
     # What train and eval run (--vision-sdpa, their default) from here on.
     record({"what": "vision-sdpa", "switched": run_window_attention_through_sdpa(model)})
     if args.train:
+        saved_for_backward(device, model, batch, record, attention="SDPA")
         profile_training(args, device, model, batch, record, label=" + vision SDPA")
     if args.eval:
         profile_evaluation(args, device, model.eval(), processor, rows, record)
