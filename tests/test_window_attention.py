@@ -123,7 +123,7 @@ SCRIPT = textwrap.dedent(
     import json, torch
     from florence_patch.demo.synthetic import make_docvqa
     from florence_patch.training.model import (
-        fix_remote_code, load_model_and_processor, run_window_attention_through_sdpa)
+        checkpoint_vision_layers, fix_remote_code, load_model_and_processor, run_window_attention_through_sdpa)
 
     code = fix_remote_code("florence-patch/florence-2-tiny")
     model, processor = load_model_and_processor(code)
@@ -149,6 +149,8 @@ SCRIPT = textwrap.dedent(
     loss_own, kept_own, grads_own = step()
     switched = run_window_attention_through_sdpa(model)
     loss_sdpa, kept_sdpa, grads_sdpa = step()
+    checkpoint_vision_layers(model)  # --gradient-checkpointing recomputes the SDPA forward in backward
+    loss_both, _, grads_both = step()
     print("RESULT " + json.dumps({
         "switched": switched,
         "spatial_blocks": sum(type(m).__name__ == "SpatialBlock" for m in model.modules()),
@@ -157,6 +159,8 @@ SCRIPT = textwrap.dedent(
         "same_grad_names": sorted(grads_own) == sorted(grads_sdpa),
         "max_grad_diff": max((grads_own[n] - grads_sdpa[n]).abs().max().item() for n in grads_own),
         "max_grad": max(grads_own[n].abs().max().item() for n in grads_own),
+        "loss_checkpointed": loss_both,
+        "max_grad_diff_checkpointed": max((grads_sdpa[n] - grads_both[n]).abs().max().item() for n in grads_sdpa),
         "vision_grads": sum(n.startswith("vision_tower.") for n in grads_sdpa),
         "state_dict_unchanged": list(model.state_dict()) == names_before,
     }))
@@ -172,6 +176,8 @@ def test_demo_model_trains_the_same_through_sdpa_and_keeps_less(tmp_path):
     assert result["same_grad_names"] and result["vision_grads"] > 0
     # Rounding only (the k bias, whose gradient is zero in exact arithmetic, rules out a per-tensor ratio).
     assert result["max_grad_diff"] <= 1e-4 * result["max_grad"]
+    assert abs(result["loss_checkpointed"] - sdpa) <= 1e-5 * abs(sdpa)
+    assert result["max_grad_diff_checkpointed"] <= 1e-4 * result["max_grad"]
     assert result["state_dict_unchanged"]
     # No attention matrices kept for backward: less saved, at the demo's tiny windows already.
     assert result["kept_mib"][1] < result["kept_mib"][0]
