@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The training and evaluation benchmarks of the `base` shape (Florence-2-base sizes, random weights)
-# on one GPU, in one command (416 s on an H200 before the grouped training arm; not timed since); prints their JSON lines on stdout and
+# on one GPU, then the window attention with and without --vision-sdpa, in one command (416 s on an H200 before the grouped training arm; not timed since); prints their JSON lines on stdout and
 # appends them to bench/RESULTS.md. Our arms run in bf16 where the GPU has it (precision auto),
 # the recipe baselines in fp32, as published.
 #
@@ -60,5 +60,10 @@ started=$SECONDS
 "$python" bench/eval_bench.py --shape "$shape" --device "$device" --questions "$questions" --split train \
   --workdir "$workdir" \
   ${common_extra[@]+"${common_extra[@]}"} ${eval_extra[@]+"${eval_extra[@]}"}
+# What --vision-sdpa does to the window attention alone, per stage (seconds; bf16 as train runs).
+bf16=()
+if [[ "$device" == cuda ]]; then bf16=(--bf16); fi
+"$python" bench/window_attention.py --shape "$shape" --device "$device" --batch-size "$batch" --workdir "$workdir" \
+  ${bf16[@]+"${bf16[@]}"} ${common_extra[@]+"${common_extra[@]}"}
 
 echo "{\"what\": \"gpu.sh\", \"shape\": \"$shape\", \"device\": \"$device\", \"seconds\": $((SECONDS - started)), \"budget_s\": 480}"
