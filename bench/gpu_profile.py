@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,8 +49,8 @@ from workload import (  # noqa: E402
     now,
     prepare,
     resolve_device,
+    run_measuring_interpreter,
     synchronize,
-    thread_env,
 )
 
 TITLE = "where the time goes (gpu_profile.py)"
@@ -366,11 +365,7 @@ def main(argv=None) -> None:
     # Enough rows for the Trainer's steps within one epoch (an epoch restarts the workers).
     rows = max(args.questions, args.batch_size * (5 + args.steps + 1))
     workload = prepare(shape, workdir, train_rows=rows, eval_rows=4, seed=args.seed)
-    env = workload.env(**({"CUDA_VISIBLE_DEVICES": ""} if args.device == "cpu" else {}), **thread_env(args.threads))
-    forwarded = [arg for arg in (argv if argv is not None else sys.argv[1:])]
-    command = [sys.executable, __file__, *forwarded, "--arm", "--model", shape.repo_id, "--data", str(workload.data_dir)]
-    # The arm prints its lines as it goes, so a run cut short still shows what it measured.
-    raise SystemExit(subprocess.run(command, env=env).returncode)
+    run_measuring_interpreter(__file__, argv, args, workload, "--data", str(workload.data_dir))
 
 
 if __name__ == "__main__":

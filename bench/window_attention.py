@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -31,8 +30,8 @@ from workload import (  # noqa: E402
     now,
     prepare,
     resolve_device,
+    run_measuring_interpreter,
     synchronize,
-    thread_env,
 )
 
 TITLE = "window attention (window_attention.py)"
@@ -127,10 +126,7 @@ def main(argv=None) -> None:
     shape = SHAPES[args.shape]
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix=f"fp-attention-{shape.name}-"))
     workload = prepare(shape, workdir, train_rows=4, eval_rows=4, seed=args.seed)
-    env = workload.env(**({"CUDA_VISIBLE_DEVICES": ""} if args.device == "cpu" else {}), **thread_env(args.threads))
-    forwarded = list(argv if argv is not None else sys.argv[1:])
-    command = [sys.executable, __file__, *forwarded, "--arm", "--model", shape.repo_id]
-    raise SystemExit(subprocess.run(command, env=env).returncode)
+    run_measuring_interpreter(__file__, argv, args, workload)
 
 
 if __name__ == "__main__":

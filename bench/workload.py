@@ -278,6 +278,16 @@ def run_arm(script: str, args: list[str], env: dict[str, str], *, timeout: float
     return json.loads(results[-1])
 
 
+def run_measuring_interpreter(script: str, argv, args, workload: Workload, *extra: str) -> None:
+    """Run ``script`` again in a fresh interpreter on ``workload``'s private caches (``--arm``, with
+    the same command line), and exit with its status. It prints its lines as it goes, so a run cut
+    short still shows what it measured."""
+    env = workload.env(**({"CUDA_VISIBLE_DEVICES": ""} if args.device == "cpu" else {}), **thread_env(args.threads))
+    forwarded = list(argv if argv is not None else sys.argv[1:])
+    command = [sys.executable, script, *forwarded, "--arm", "--model", workload.shape.repo_id, *extra]
+    raise SystemExit(subprocess.run(command, env=env).returncode)
+
+
 def thread_env(threads: int | None) -> dict[str, str]:
     """Environment that fixes torch's intra-op threads in every arm alike (None: torch's default)."""
     if threads is None:

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -114,6 +115,39 @@ def run_python(code: str, *, env: dict[str, str] | None = None, tf449: bool = Fa
             pytest.fail(f"transformers 4.49 overlay missing at {TF449_OVERLAY}: run the README's install command")
         full_env["PYTHONPATH"] = str(TF449_OVERLAY) + os.pathsep + full_env.get("PYTHONPATH", "")
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env, timeout=timeout)
+
+
+# The start of a ``run_with_demo_checkpoint`` script that compares training steps: the fixed demo
+# model, a batch of 4 synthetic questions, and ``step()`` -> (loss, bytes autograd keeps for
+# backward, gradients by parameter name), with dropout seeded alike in every call.
+DEMO_TRAINING_STEP = textwrap.dedent(
+    """
+    import json, torch
+    from florence_patch.demo.synthetic import make_docvqa
+    from florence_patch.training.model import fix_remote_code, load_model_and_processor
+
+    code = fix_remote_code("florence-patch/florence-2-tiny")
+    model, processor = load_model_and_processor(code)
+    rows = make_docvqa(num_train=4, num_validation=1, num_test=1, seed=0)["train"]
+    inputs = processor(text=["<DocVQA>" + q for q in rows["question"]],
+                       images=[image.convert("RGB") for image in rows["image"]], return_tensors="pt", padding=True)
+    labels = processor.tokenizer([a[0] for a in rows["answers"]], return_tensors="pt", padding=True).input_ids
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        kept = [0]
+        def pack(tensor):
+            kept[0] += tensor.numel() * tensor.element_size()
+            return tensor
+        torch.manual_seed(0)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            loss = model(**inputs, labels=labels).loss
+        loss.backward()
+        return loss.item(), kept[0], {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    model.train()
+    """
+)
 
 
 def run_with_demo_checkpoint(script: str, workdir: Path) -> dict:

@@ -4,36 +4,12 @@ from __future__ import annotations
 
 import textwrap
 
-from .conftest import run_with_demo_checkpoint
+from .conftest import DEMO_TRAINING_STEP, run_with_demo_checkpoint
 
-SCRIPT = textwrap.dedent(
+SCRIPT = DEMO_TRAINING_STEP + textwrap.dedent(
     """
-    import json, torch
-    from florence_patch.demo.synthetic import make_docvqa
-    from florence_patch.training.model import (
-        checkpoint_vision_layers, fix_remote_code, freeze_vision_tower, load_model_and_processor)
+    from florence_patch.training.model import checkpoint_vision_layers, freeze_vision_tower
 
-    code = fix_remote_code("florence-patch/florence-2-tiny")
-    model, processor = load_model_and_processor(code)
-    rows = make_docvqa(num_train=4, num_validation=1, num_test=1, seed=0)["train"]
-    inputs = processor(text=["<DocVQA>" + q for q in rows["question"]],
-                       images=[image.convert("RGB") for image in rows["image"]], return_tensors="pt", padding=True)
-    labels = processor.tokenizer([a[0] for a in rows["answers"]], return_tensors="pt", padding=True).input_ids
-
-    def step():
-        # Loss, gradients, and the bytes autograd keeps for backward (what checkpointing trades).
-        model.zero_grad(set_to_none=True)
-        kept = [0]
-        def pack(tensor):
-            kept[0] += tensor.numel() * tensor.element_size()
-            return tensor
-        torch.manual_seed(0)
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-            loss = model(input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"], labels=labels).loss
-        loss.backward()
-        return loss.item(), kept[0], {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-    model.train()
     names_before = list(model.state_dict())
     loss_plain, kept_plain, grads_plain = step()
     wrapped = checkpoint_vision_layers(model)
