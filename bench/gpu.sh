@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The training and evaluation benchmarks of the `base` shape (Florence-2-base sizes, random weights)
-# on one GPU, then the window attention with and without --vision-sdpa, in one command (416 s on an H200 before the grouped training arm; not timed since); prints their JSON lines on stdout and
+# on one GPU, then the window attention with and without --vision-sdpa, in one command (416 s on an
+# H200 before the grouped training arm; not timed since); prints their JSON lines on stdout and
 # appends them to bench/RESULTS.md. Our arms run in bf16 where the GPU has it (precision auto),
 # the recipe baselines in fp32, as published.
 #
@@ -40,7 +41,7 @@ while (($#)); do
     --no-grouped) train_extra+=(--no-grouped); shift ;;
     --no-record) common_extra+=(--no-record); shift ;;
     --workdir) workdir=$2; shift 2 ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "gpu.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
