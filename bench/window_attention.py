@@ -37,23 +37,14 @@ from workload import (  # noqa: E402
 TITLE = "window attention (window_attention.py)"
 
 
-def stage_grids(shape) -> list[int]:
-    """The token grid's side at each DaViT stage: the page over the cumulative patch strides."""
-    side, grids = shape.image_size, []
-    for stride in shape.vision["patch_stride"]:
-        side //= stride
-        grids.append(side)
-    return grids
-
-
 def measure(args) -> None:
     import torch
 
     from florence_patch.training.model import fix_remote_code, load_model_and_processor, vision_tower
     from florence_patch.training.window_attention import (
-        WINDOW_ATTENTION_CLASS,
         probe_difference,
         sdpa_window_attention_forward,
+        window_attention_modules,
     )
 
     device = resolve_device(args.device)
@@ -61,13 +52,13 @@ def measure(args) -> None:
     model, _ = load_model_and_processor(fix_remote_code(args.model), dtype=torch.float32)
     tower = vision_tower(model)
     dtype = torch.bfloat16 if args.bf16 else torch.float32
-    grids = stage_grids(shape)
+    grids = shape.stage_grids
     # The first WindowAttention of each stage: stage i's modules all share its width and heads.
     stages = []
     for index, stage in enumerate(tower.blocks):
-        module = next((m for m in stage.modules() if type(m).__name__ == WINDOW_ATTENTION_CLASS), None)
-        if module is not None:
-            stages.append((index, module.to(device)))
+        modules = window_attention_modules(stage)
+        if modules:
+            stages.append((index, modules[0].to(device)))
     generator = torch.Generator().manual_seed(args.seed)
     for index, module in stages:
         side = grids[index]

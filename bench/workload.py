@@ -48,12 +48,18 @@ class Shape:
     description: str
 
     @property
+    def stage_grids(self) -> list[int]:
+        """The token grid's side at each DaViT stage: the page over the cumulative patch strides."""
+        side, grids = self.image_size, []
+        for stride in self.vision["patch_stride"]:
+            side //= stride
+            grids.append(side)
+        return grids
+
+    @property
     def image_tokens(self) -> int:
-        stride = 1
-        for step in self.vision["patch_stride"]:
-            stride *= step
-        side = self.image_size // stride
-        return side * side + 1  # the grid + one pooled token
+        side = self.stage_grids[-1]
+        return side * side + 1  # the last stage's grid + one pooled token
 
     @property
     def repo_id(self) -> str:

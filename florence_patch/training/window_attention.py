@@ -81,7 +81,8 @@ def sdpa_window_attention_forward(self, x, size):
     return grid.reshape(batch, height * width, channels), size
 
 
-def _window_attention_modules(model) -> list[Any]:
+def window_attention_modules(model) -> list[Any]:
+    """The DaViT ``WindowAttention`` modules of ``model`` that have what the SDPA forward reads."""
     return [
         module
         for module in model.modules()
@@ -119,7 +120,7 @@ def use_sdpa_window_attention(model) -> WindowAttentionSwitch:
     """Switch every DaViT ``WindowAttention`` of ``model`` whose class passes the probe to SDPA."""
     verdicts: dict[type, str | None] = {}  # class -> None (switch) or why it keeps its code
     switched = 0
-    for module in _window_attention_modules(model):
+    for module in window_attention_modules(model):
         if _is_switched(module):
             switched += 1
             continue
