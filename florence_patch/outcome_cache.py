@@ -7,8 +7,9 @@ the file's bytes and the fix code, so the key is sha256(file) + fix ids + a dige
 package's own source: editing a codemod invalidates every entry.
 
 Each entry holds the per-fix outcomes and, when the fixes change the file, the sha256 of the
-fixed code, which is kept beside the index as ``rendered/<sha256>.py``: `status` renders it
-anyway, and `apply` then writes it without running libcst again. A rendered file is only used
+fixed code, which is kept beside the index as ``rendered/<sha256>.py``: a plan (``apply
+--dry-run``) renders it, and `apply` then writes it without running libcst again (`status`
+records outcomes only: rendering costs about as much as the fixes). A rendered file is only used
 when its bytes still hash to the recorded sha256. A lost entry only costs a re-parse, so
 concurrent writers need no lock.
 """

@@ -119,8 +119,10 @@ def _outcomes(
     """Run ``fixes`` on one file: (final code or None when not rendered, per-fix (outcome, reason)).
 
     Outcomes and the fixed code come from the persistent cache when this content was seen before;
-    the codemods (and libcst) only run on a miss. The outcomes of the fixed code are recorded too,
-    so the file just written is recognised as patched without another run.
+    the codemods (and libcst) only run on a miss. When rendering, the outcomes of the fixed code
+    are recorded too, so the file just written is recognised as patched without another run.
+    Without ``render`` (``status``) the fixed code is not rendered at all: a full codegen of the
+    modeling file costs about as much as all its fixes, and ``apply`` renders it when it writes.
     """
     fix_ids = tuple(f.id for f in fixes)
     key = OUTCOMES.key(sha256_bytes(data), fix_ids)
@@ -135,9 +137,12 @@ def _outcomes(
     if cached is None or key not in _FINAL_CODE:
         from .fixes.base import run_fixes  # imports libcst: only on a cache miss
 
-        final, results = run_fixes(text, fixes)
+        final, results = run_fixes(text, fixes, render=render)
         cached = [(r.outcome, r.reason) for r in results]
         changed = any(o is FixOutcome.NEEDED for o, _ in cached)
+        if not render:
+            OUTCOMES.put(key, cached)
+            return None, cached
         OUTCOMES.put(key, cached, rendered=final if changed else None)
         if changed:
             OUTCOMES.put(OUTCOMES.key(sha256_bytes(_encode(final, data)), fix_ids), outcomes_after(cached))

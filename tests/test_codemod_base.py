@@ -114,17 +114,69 @@ def test_a_new_but_equal_node_is_not_a_change(codemod, outcome, expected):
     assert code == expected
 
 
-def test_only_statements_a_hook_replaced_are_compared():
-    tree = cst.parse_module("class A:\n    pass\n\n\nclass B:\n    pass\n")
+class RenameInnerName(FlorenceCodemod):
+    DESCRIPTION = "renames x to y (a Name hook), then returns a new but equal class around it"
+
+    def leave_Name(self, original_node: cst.Name, updated_node: cst.Name) -> cst.Name:
+        return updated_node.with_changes(value="y") if updated_node.value == "x" else updated_node
+
+    def leave_ClassDef(self, original_node: cst.ClassDef, updated_node: cst.ClassDef) -> cst.ClassDef:
+        return updated_node.with_changes()
+
+
+def test_only_the_outermost_replaced_nodes_are_compared():
+    tree = cst.parse_module("class A:\n    x = 1\n\n\nclass B:\n    z = x\n")
+    command = RenameInnerName(cst.codemod.CodemodContext())
+    after = tree.visit(command)
+    # each class holds its renamed Names, so only the two classes are left to compare
+    assert [(type(o).__name__, o.name.value) for o, _ in command.replaced] == [("ClassDef", "A"), ("ClassDef", "B")]
+    assert base._changed(tree, after, command.replaced)
     command = RenameClassB(cst.codemod.CodemodContext())
     after = tree.visit(command)
-    # both classes were rebuilt by a hook, the module itself was not
-    assert command.touched == {id(s) for s in tree.body}
+    assert base._changed(tree, after, [p for p in command.replaced if p[0].name.value == "B"])
+    assert not base._changed(tree, after, [p for p in command.replaced if p[0].name.value == "A"])
     command = RebuildModule(cst.codemod.CodemodContext())
-    tree.visit(command)
-    assert command.touched is None
-    assert base._changed(tree, after, {id(tree.body[1])})
-    assert not base._changed(tree, after, {id(tree.body[0])})  # B's change is outside what was named
+    after = tree.visit(command)
+    # a new module: its statements are the ones it was given, so nothing is rendered
+    ((updated, result),) = command.replaced
+    assert isinstance(result, cst.Module) and all(a is b for a, b in zip(updated.body, result.body))
+    assert not base._changed(tree, after, command.replaced)
+
+
+class AddStatementAtTop(FlorenceCodemod):
+    DESCRIPTION = "a module hook that inserts a statement unless it is there"
+
+    def leave_Module(self, original_node: cst.Module, updated_node: cst.Module) -> cst.Module:
+        if updated_node.code.startswith("import os"):
+            return updated_node.with_changes(body=list(updated_node.body))
+        return updated_node.with_changes(body=[cst.parse_statement("import os\n"), *updated_node.body])
+
+
+def test_a_module_hook_adding_a_statement_is_a_change_once():
+    code, (result,) = run_fixes("class A:\n    pass\n", [_fix(AddStatementAtTop)])
+    assert (result.outcome, code) == (FixOutcome.NEEDED, "import os\nclass A:\n    pass\n")
+    again, (result,) = run_fixes(code, [_fix(AddStatementAtTop)])
+    assert (result.outcome, again) == (FixOutcome.PRESENT, code)
+
+
+class RemoveClassA(FlorenceCodemod):
+    DESCRIPTION = "removes the assignment inside class A"
+
+    def leave_SimpleStatementLine(self, original_node, updated_node):
+        return cst.RemovalSentinel.REMOVE if m.matches(updated_node, m.SimpleStatementLine([m.Assign()])) else updated_node
+
+
+def test_a_removal_inside_a_statement_is_a_change():
+    code, (result,) = run_fixes("class A:\n    x = 1\n    pass\n", [_fix(RemoveClassA)])
+    assert result.outcome is FixOutcome.NEEDED
+    assert code == "class A:\n    pass\n"
+
+
+def test_status_runs_without_rendering():
+    fixes = [_fix(RenameClassB)]
+    source = "class A:\n    pass\n\n\nclass B:\n    pass\n"
+    assert run_fixes(source, fixes, render=False) == (source, run_fixes(source, fixes)[1])
+    assert run_fixes(source, fixes, render=False)[1][0].outcome is FixOutcome.NEEDED
 
 
 @pytest.mark.parametrize(
@@ -136,6 +188,8 @@ def test_only_statements_a_hook_replaced_are_compared():
         m.AssignTarget(target=m.Attribute(value=m.Name("self"), attr=m.Name())),
         m.Call(func=m.Name("super")),
         m.Name("torch") | m.Name("nn"),
+        m.TypeOf(m.Return, m.Pass)(),
+        ~m.Name(),
     ],
 )
 def test_find_all_finds_what_libcst_findall_finds(matcher):

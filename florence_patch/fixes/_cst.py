@@ -31,11 +31,16 @@ def find_all(tree: cst.CSTNode, matcher: m.BaseMatcherNode) -> list[cst.CSTNode]
     every class's ``__init__``. Pre-order, children in field order (not always source order):
     callers count or test for matches, they do not rely on order.
     """
+    # A node matcher (m.Assign, ...) only matches its own node class: test that first, as
+    # ``m.matches`` costs far more than an isinstance. Combinators (|, &, TypeOf) match any class.
+    node_class = getattr(cst, type(matcher).__name__, None)
+    if not (isinstance(node_class, type) and issubclass(node_class, cst.CSTNode)):
+        node_class = cst.CSTNode
     found: list[cst.CSTNode] = []
     stack: list[cst.CSTNode] = [tree]
     while stack:
         node = stack.pop()
-        if m.matches(node, matcher):
+        if isinstance(node, node_class) and m.matches(node, matcher):
             found.append(node)
         stack.extend(reversed(list(_children(node))))
     return found

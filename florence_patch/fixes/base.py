@@ -118,9 +118,12 @@ class FlorenceCodemod(VisitorBasedCodemodCommand):
     decorators (all of ours) calls what it defines from a per-class table; one with
     decorators keeps libcst's dispatch.
 
-    ``touched``: ids of the top-level statements in which a ``leave_*`` returned a new node
-    (None once the module itself was replaced), so :func:`run_fixes` renders only those to
-    tell a real change from a rebuilt copy.
+    ``replaced``: the outermost ``(original, result)`` pairs where a ``leave_*`` returned another
+    node than the one it was given. Everything else in the tree is a rebuilt copy, so
+    :func:`run_fixes` renders only these, usually a few lines, to tell a real change from a new
+    but equal node. A new module (an import added) is recorded as ``(updated, result)``: only
+    its top-level statements that are not the very ones it was given are compared, and the
+    pairs inside stay (a module hook adds statements; it does not undo a change below it).
     """
 
     SCOPE: frozenset[str] | None = None
@@ -139,17 +142,18 @@ class FlorenceCodemod(VisitorBasedCodemodCommand):
                 # Called for every attribute of every visited node: an instance attribute wins the lookup.
                 self.on_visit_attribute = _ignore_attribute  # type: ignore[method-assign]
                 self.on_leave_attribute = _ignore_attribute  # type: ignore[method-assign]
-        self.touched: set[int] | None = set()
+        self.replaced: list[tuple[cst.CSTNode, object]] = []
+        self._replaced_before: list[int] = []  # len(replaced) when each node on the path was entered
         self._top_level: set[int] = set()
         self._methods: set[int] = set()
-        self._current_top = 0
 
     def on_visit(self, node: cst.CSTNode) -> bool:
+        # libcst calls on_leave for every node it calls on_visit for, descended into or not.
+        self._replaced_before.append(len(self.replaced))
         if isinstance(node, cst.Module):
             self._top_level = {id(statement) for statement in node.body}
             self._methods = set()
         elif id(node) in self._top_level:
-            self._current_top = id(node)
             if isinstance(node, (cst.ClassDef, cst.FunctionDef)):
                 if self.SCOPE is not None and node.name.value not in self.SCOPE:
                     return False
@@ -173,11 +177,14 @@ class FlorenceCodemod(VisitorBasedCodemodCommand):
             result = updated_node if leave is None else leave(self, original_node, updated_node)
         else:
             result = super().on_leave(original_node, updated_node)
-        if result is not updated_node and self.touched is not None:
+        start = self._replaced_before.pop()
+        if result is not updated_node:
             if isinstance(original_node, cst.Module):
-                self.touched = None
+                self.replaced.append((updated_node, result))
             else:
-                self.touched.add(self._current_top)
+                # This pair covers whatever was replaced inside it.
+                del self.replaced[start:]
+                self.replaced.append((original_node, result))
         return result
 
 
@@ -214,33 +221,43 @@ def _apply_requested_imports(module: cst.Module, context: CodemodContext) -> cst
     return AddImportsVisitor(context).transform_module(module)
 
 
-def _changed(before: cst.Module, after: cst.Module, touched: set[int] | None) -> bool:
+def _changed(before: cst.Module, after: cst.Module, replaced: list[tuple[cst.CSTNode, object]] | None) -> bool:
     """Whether ``after`` renders differently from ``before``.
 
-    Visited nodes are rebuilt even when nothing changed, so identity does not tell. ``touched``
-    (ids of ``before``'s top-level statements where a hook returned a new node; None: any may
-    differ) limits the rendering to where a change can be.
+    Visited nodes are rebuilt even when nothing changed, so identity does not tell. ``replaced``
+    (:attr:`FlorenceCodemod.replaced`; None: anything may differ) limits the rendering to where a
+    change can be: a removal or a split is a change, a replacement is one when it renders
+    differently.
     """
     if before is after:
         return False
-    if len(before.body) != len(after.body) or len(before.header) != len(after.header):
-        return True
-    if len(before.footer) != len(after.footer):
-        return True
-    if touched is None:
-        pairs = zip((*before.header, *before.body, *before.footer), (*after.header, *after.body, *after.footer))
-        return any(a is not b and before.code_for_node(a) != after.code_for_node(b) for a, b in pairs)
-    return any(
-        a is not b and id(a) in touched and before.code_for_node(a) != after.code_for_node(b)
-        for a, b in zip(before.body, after.body)
-    )
+    if replaced is None:
+        return _module_changed(before, after)
+    for original, result in replaced:
+        if not isinstance(result, cst.CSTNode):
+            return True
+        if isinstance(original, cst.Module):
+            if not isinstance(result, cst.Module) or _module_changed(original, result):
+                return True
+        elif before.code_for_node(original) != after.code_for_node(result):
+            return True
+    return False
 
 
-def run_fixes(code: str, fixes: Sequence[Fix]) -> tuple[str, list[FixResult]]:
+def _module_changed(before: cst.Module, after: cst.Module) -> bool:
+    """Top-level comparison: every statement that is not the same object is rendered."""
+    if (len(before.body), len(before.header), len(before.footer)) != (len(after.body), len(after.header), len(after.footer)):
+        return True
+    pairs = zip((*before.header, *before.body, *before.footer), (*after.header, *after.body, *after.footer))
+    return any(a is not b and before.code_for_node(a) != after.code_for_node(b) for a, b in pairs)
+
+
+def run_fixes(code: str, fixes: Sequence[Fix], *, render: bool = True) -> tuple[str, list[FixResult]]:
     """Parse ``code`` once and run ``fixes`` in order; return the final code and one result per fix.
 
     ``FixResult.code`` is left empty here (rendering after every fix would cost a full codegen each);
-    use the returned final code.
+    use the returned final code. ``render=False`` (the outcomes only, as for ``status``) skips the
+    final rendering and returns ``code`` unchanged.
     """
     try:
         tree = cst.parse_module(code)
@@ -261,14 +278,14 @@ def run_fixes(code: str, fixes: Sequence[Fix]) -> tuple[str, list[FixResult]]:
         except UnrecognizedCode as error:
             results.append(FixResult(FixOutcome.UNRECOGNIZED, "", str(error)))
             continue
-        touched = getattr(command, "touched", None) if new_tree is visited else None
-        if _changed(tree, new_tree, touched):
+        replaced = getattr(command, "replaced", None) if new_tree is visited else None
+        if _changed(tree, new_tree, replaced):
             results.append(FixResult(FixOutcome.NEEDED, ""))
             tree = new_tree
             any_change = True
         else:
             results.append(FixResult(FixOutcome.PRESENT, ""))
-    return (tree.code if any_change else code), results
+    return (tree.code if any_change and render else code), results
 
 
 __all__ = [
