@@ -178,6 +178,7 @@ def test_train_fixes_the_code_trains_evaluates_and_writes_a_self_contained_direc
     assert (out / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     card = (out / "README.md").read_text()
     assert f"| ANLS | {evaluation['anls']:.4f} |" in card and "florence-patch train --dataset" in card
+    assert "| vision_sdpa | `true` |" in card  # settings that change the numbers are on the card
 
 
 def test_group_by_page_trains_on_batches_that_share_their_pages(workdir):

@@ -489,7 +489,7 @@ def write_run_files(trainer, config: TrainConfig, code, result: TrainResult, *, 
 
 _CARD_SETTINGS = (
     "epochs", "max_steps", "batch_size", "grad_accum", "lr", "warmup_ratio", "weight_decay", "max_train_samples",
-    "freeze_vision", "lora", "lora_rank", "lora_alpha", "precision", "gradient_checkpointing", "random_answer",
+    "freeze_vision", "lora", "lora_rank", "lora_alpha", "precision", "gradient_checkpointing", "vision_sdpa", "random_answer",
     "group_by_page", "task_prompt", "num_beams", "max_new_tokens", "seed",
 )
 
