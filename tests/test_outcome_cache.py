@@ -144,3 +144,46 @@ def test_the_table_matches_the_published_files_when_they_are_at_hand():
     script = Path(__file__).resolve().parents[1] / "scripts" / "known_outcomes.py"
     proc = subprocess.run([sys.executable, str(script), upstream, "--check"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("raises", [False, True])
+def test_libcst_runs_with_the_cyclic_collector_paused_and_restores_it(tiny_repo, hf_home, monkeypatch, raises):
+    import gc
+
+    from florence_patch import patching
+    from florence_patch.fixes import base
+
+    monkeypatch.setattr(patching, "OUTCOMES", OutcomeCache())  # a miss: libcst must run
+    monkeypatch.setattr(patching, "_FINAL_CODE", {})
+    seen = []
+    real_run_fixes = base.run_fixes
+
+    def watching(*args, **kwargs):
+        seen.append(gc.isenabled())
+        if raises:
+            raise RuntimeError("a fix failed")
+        return real_run_fixes(*args, **kwargs)
+
+    monkeypatch.setattr(base, "run_fixes", watching)
+    assert gc.isenabled()
+    if raises:
+        with pytest.raises(RuntimeError, match="a fix failed"):
+            _plan_needs_fix(hf_home)
+    else:
+        assert _plan_needs_fix(hf_home).changes
+    assert seen and not any(seen), "the collector ran during the libcst run"
+    assert gc.isenabled(), "the collector was left paused"
+
+
+def test_a_paused_collector_stays_paused():
+    import gc
+
+    from florence_patch.patching import cyclic_gc_paused
+
+    gc.disable()
+    try:
+        with cyclic_gc_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
