@@ -120,3 +120,41 @@ def test_the_producer_runs_single_threaded_at_low_priority_and_leaves_the_consum
     assert list(prefetch(produce())) == [0]
     assert seen == [(1, 19)]
     assert (torch.get_num_threads(), os.getpriority(os.PRIO_PROCESS, threading.get_native_id())) == (threads, priority)
+
+
+def test_a_core_is_spare_with_an_accelerator_or_when_torch_leaves_one(monkeypatch):
+    from florence_patch.training import prefetch as prefetch_module
+
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(prefetch_module, "usable_cores", lambda: threads)
+    assert not prefetch_module.a_core_is_spare("cpu")
+    assert not prefetch_module.a_core_is_spare(torch.device("cpu"))
+    assert prefetch_module.a_core_is_spare("cuda")  # the host waits for the device
+    monkeypatch.setattr(prefetch_module, "usable_cores", lambda: threads + 1)
+    assert prefetch_module.a_core_is_spare("cpu")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # torchrun: another rank's threads take the spare core
+    assert not prefetch_module.a_core_is_spare("cpu")
+
+
+@pytest.mark.parametrize("spare", [False, True])
+def test_training_prepares_batches_on_a_thread_only_where_a_core_is_spare(tmp_path, monkeypatch, spare):
+    from transformers import TrainingArguments
+
+    from florence_patch.training import prefetch as prefetch_module
+    from florence_patch.training.train import _trainer_classes
+
+    monkeypatch.setattr(prefetch_module, "a_core_is_spare", lambda device: spare)
+    trainer_class, _, _ = _trainer_classes()
+    args = TrainingArguments(
+        output_dir=str(tmp_path), use_cpu=True, dataloader_num_workers=0, report_to=[],
+        remove_unused_columns=False, per_device_train_batch_size=2,
+    )
+    rows = [{"x": torch.full((2,), float(i))} for i in range(6)]
+    trainer = trainer_class(
+        model=torch.nn.Linear(2, 2), args=args, train_dataset=rows,
+        data_collator=lambda batch: {"x": torch.stack([row["x"] for row in batch])}, generation_eval=None,
+    )
+    loader = trainer.get_train_dataloader()
+    inner = getattr(loader, "base_dataloader", loader)
+    assert (type(inner) in prefetch_module._PREFETCHING_CLASSES.values()) is spare
+    assert sorted(float(x) for batch in loader for x in batch["x"][:, 0]) == [float(i) for i in range(6)]

@@ -1,14 +1,15 @@
 """Prepare the next batches on a background thread when there are no DataLoader workers.
 
-On a CPU-only machine the model's own threads want every core, so `train` and `eval` start no
-worker processes there (see ``resolve_num_workers``); preparing a batch (decoding the pages, the
-processor's resize and normalise, tokenising) would then run between steps. A thread can do it
-meanwhile, in the cores' idle moments: most of that work is in PIL and torch kernels that release
-the GIL. The thread runs at the lowest CPU priority with one torch thread, so it never takes a
-core the step wants. What that buys depends on how busy the step keeps the cores: on the bench's
-2 cores, where the step keeps both busy, almost nothing (the batch is then prepared while the step
-waits, as without the thread); with more cores than torch threads, or with a GPU and
-``--num-workers 0``, the batch is ready when the step asks. See bench/RESULTS.md.
+Without worker processes (`train` and `eval` start none on a CPU-only machine, see
+``resolve_num_workers``), preparing a batch (decoding the pages, the processor's resize and
+normalise, tokenising) runs between steps. A thread can do it meanwhile, where a core is free
+for it: with an accelerator (the host mostly waits for the device) or when torch's intra-op
+threads leave a core idle. Where they take every core, as on the bench's 2 cores, the thread
+slows training down: the step's OpenMP threads wait for one another at the end of every parallel
+region, so a thread that takes a core from one of them, even at the lowest priority for a few
+milliseconds, holds up all of them. ``a_core_is_spare`` says which case a run is in; training
+prefetches on a thread only when it is true (measured: bench/RESULTS.md). The thread runs at the
+lowest CPU priority with one torch thread.
 
 torchdata's ``nodes.Prefetcher`` does the same inside its own node graph; the Trainer and
 accelerate want a ``DataLoader``, so this keeps the DataLoader and threads only its iteration.
@@ -38,6 +39,32 @@ def _lower_this_threads_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
     except (AttributeError, OSError):  # not Linux, or not permitted: run at normal priority
         pass
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the platform says, else all)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def a_core_is_spare(device: Any) -> bool:
+    """Whether a thread preparing batches would have a core the step does not use.
+
+    True with an accelerator (``device`` not the CPU): the host launches work and waits. On the
+    CPU, only when torch's intra-op threads (of all the ranks on this machine, under torchrun)
+    number fewer than the usable cores: otherwise the thread can only take a core from the
+    step's OpenMP team, whose threads then wait for it at every barrier. On the bench's 2 cores with 2 torch threads, interleaved over 7 rounds, the
+    default training arm ran at 0.84-0.93x the recipe's loop with the thread and 0.84-1.11x
+    (median 1.01x) without it, its forward and backward 15-25 % slower with the thread.
+    """
+    import torch
+
+    if torch.device(device).type != "cpu":
+        return True
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))  # torchrun: the ranks share the cores
+    return torch.get_num_threads() * local < usable_cores()
 
 
 def prefetch(
@@ -133,4 +160,4 @@ def prefetch_in_thread(loader: Any, depth: int = 2) -> Any:
     return loader
 
 
-__all__ = ["prefetch", "prefetch_in_thread"]
+__all__ = ["a_core_is_spare", "prefetch", "prefetch_in_thread", "usable_cores"]
