@@ -137,6 +137,18 @@ def test_a_core_is_spare_with_an_accelerator_or_when_torch_leaves_one(monkeypatc
 
 
 @pytest.mark.parametrize("spare", [False, True])
+def test_prefetch_where_a_core_is_spare_threads_a_worker_less_loader_only_then(monkeypatch, spare):
+    from florence_patch.training import prefetch as prefetch_module
+
+    seen = []
+    monkeypatch.setattr(prefetch_module, "a_core_is_spare", lambda device: seen.append(device) or spare)
+    loader = _loader()
+    assert prefetch_module.prefetch_where_a_core_is_spare(loader, "cpu") is loader
+    assert seen == ["cpu"]
+    assert (type(loader) in prefetch_module._PREFETCHING_CLASSES.values()) is spare
+
+
+@pytest.mark.parametrize("spare", [False, True])
 def test_training_prepares_batches_on_a_thread_only_where_a_core_is_spare(tmp_path, monkeypatch, spare):
     from transformers import TrainingArguments
 

@@ -220,7 +220,7 @@ def generate_predictions(
 
     from florence_patch.training.data import Florence2VQAEvalCollator, with_undecoded_images
     from florence_patch.training.pages import generate_sharing_pages, page_keys
-    from florence_patch.training.prefetch import prefetch_in_thread
+    from florence_patch.training.prefetch import prefetch_where_a_core_is_spare
 
     collator = Florence2VQAEvalCollator(processor, task_prompt=task_prompt, columns=columns)
     if isinstance(dataset, datasets.IterableDataset):
@@ -239,9 +239,10 @@ def generate_predictions(
         rows = with_undecoded_images(dataset.select(indices), columns.image)  # the collator decodes a page once
         total = len(batches)
     loader = DataLoader(rows, batch_size=batch_size, shuffle=False, collate_fn=collator, num_workers=num_workers)
-    prefetch_in_thread(loader)  # without workers, the next batch is prepared while this one generates
-
     device = next(model.parameters()).device
+    # Without workers, the next batch is prepared on a thread while this one generates, where a
+    # core is free for it.
+    loader = prefetch_where_a_core_is_spare(loader, device)
     dtype = _model_dtype(model)
     was_training = model.training
     model.eval()

@@ -7,8 +7,8 @@ for it: with an accelerator (the host mostly waits for the device) or when torch
 threads leave a core idle. Where they take every core, as on the bench's 2 cores, the thread
 slows training down: the step's OpenMP threads wait for one another at the end of every parallel
 region, so a thread that takes a core from one of them, even at the lowest priority for a few
-milliseconds, holds up all of them. ``a_core_is_spare`` says which case a run is in; training
-prefetches on a thread only when it is true (measured: bench/RESULTS.md). The thread runs at the
+milliseconds, holds up all of them. ``a_core_is_spare`` says which case a run is in; training and
+evaluation prefetch on a thread only when it is true (measured: bench/RESULTS.md). The thread runs at the
 lowest CPU priority with one torch thread.
 
 torchdata's ``nodes.Prefetcher`` does the same inside its own node graph; the Trainer and
@@ -160,4 +160,9 @@ def prefetch_in_thread(loader: Any, depth: int = 2) -> Any:
     return loader
 
 
-__all__ = ["a_core_is_spare", "prefetch", "prefetch_in_thread", "usable_cores"]
+def prefetch_where_a_core_is_spare(loader: Any, device: Any, depth: int = 2) -> Any:
+    """``prefetch_in_thread(loader)`` where ``a_core_is_spare(device)``, else ``loader`` as it is."""
+    return prefetch_in_thread(loader, depth) if a_core_is_spare(device) else loader
+
+
+__all__ = ["a_core_is_spare", "prefetch", "prefetch_in_thread", "prefetch_where_a_core_is_spare", "usable_cores"]

@@ -229,12 +229,11 @@ def _trainer_classes():
                 return super().compute_loss(model, inputs, *args, **kwargs)
 
         def get_train_dataloader(self):
-            from florence_patch.training.prefetch import a_core_is_spare, prefetch_in_thread
+            from florence_patch.training.prefetch import prefetch_where_a_core_is_spare
 
-            loader = super().get_train_dataloader()
             # Without worker processes, prepare the next batches on a thread, where a core is free
             # for it; on a CPU whose cores the step's threads all take, it would slow the step.
-            return prefetch_in_thread(loader) if a_core_is_spare(self.args.device) else loader
+            return prefetch_where_a_core_is_spare(super().get_train_dataloader(), self.args.device)
 
         def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
             self._generation_dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
