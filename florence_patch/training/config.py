@@ -419,6 +419,11 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def ranks_on_this_machine() -> int:
+    """Training processes sharing this machine's cores: torchrun's ``LOCAL_WORLD_SIZE``, else 1."""
+    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
 def _has_accelerator() -> bool:
     import torch
 
@@ -462,8 +467,7 @@ def resolve_num_workers(num_workers: int | None) -> int:
         return num_workers
     if not _has_accelerator():
         return 0
-    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))  # torchrun: the ranks share the cores
-    return max(1, min(8, (os.cpu_count() or 1) // local - 1))
+    return max(1, min(8, (os.cpu_count() or 1) // ranks_on_this_machine() - 1))
 
 
 # Starting DataLoader workers costs about as much as preparing 10 batches on the background thread:
@@ -577,6 +581,7 @@ __all__ = [
     "PRECISIONS",
     "REPORT_TO",
     "TrainConfig",
+    "ranks_on_this_machine",
     "read_yaml",
     "resolve_eval_num_workers",
     "resolve_num_workers",

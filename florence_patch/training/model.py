@@ -403,10 +403,11 @@ def cap_cpu_threads(num_workers: int) -> None:
     """
     import torch
 
+    from florence_patch.training.config import ranks_on_this_machine
+
     if torch.cuda.is_available():
         return
     cores = os.cpu_count() or 1
-    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))  # torchrun: processes share the cores
-    threads = max(1, cores // local - num_workers)
+    threads = max(1, cores // ranks_on_this_machine() - num_workers)
     if threads < torch.get_num_threads():
         torch.set_num_threads(threads)

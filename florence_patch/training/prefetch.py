@@ -62,10 +62,11 @@ def a_core_is_spare(device: Any) -> bool:
     """
     import torch
 
+    from florence_patch.training.config import ranks_on_this_machine
+
     if torch.device(device).type != "cpu":
         return True
-    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))  # torchrun: the ranks share the cores
-    return torch.get_num_threads() * local < usable_cores()
+    return torch.get_num_threads() * ranks_on_this_machine() < usable_cores()
 
 
 def prefetch(
