@@ -123,14 +123,15 @@ def test_the_producer_runs_single_threaded_at_low_priority_and_leaves_the_consum
 
 
 def test_a_core_is_spare_with_an_accelerator_or_when_torch_leaves_one(monkeypatch):
+    from florence_patch.training import config as config_module
     from florence_patch.training import prefetch as prefetch_module
 
     threads = torch.get_num_threads()
-    monkeypatch.setattr(prefetch_module, "usable_cores", lambda: threads)
+    monkeypatch.setattr(config_module, "usable_cores", lambda: threads)
     assert not prefetch_module.a_core_is_spare("cpu")
     assert not prefetch_module.a_core_is_spare(torch.device("cpu"))
     assert prefetch_module.a_core_is_spare("cuda")  # the host waits for the device
-    monkeypatch.setattr(prefetch_module, "usable_cores", lambda: threads + 1)
+    monkeypatch.setattr(config_module, "usable_cores", lambda: threads + 1)
     assert prefetch_module.a_core_is_spare("cpu")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # torchrun: another rank's threads take the spare core
     assert not prefetch_module.a_core_is_spare("cpu")

@@ -37,13 +37,46 @@ def test_workers_default_to_none_on_cpu_and_spare_cores_with_an_accelerator(monk
     assert config_module.resolve_num_workers(3) == 3
     assert to_training_arguments(TrainConfig(dataset="d", output_dir="o")).dataloader_num_workers == 0
     monkeypatch.setattr(config_module, "_has_accelerator", lambda: True)
-    monkeypatch.setattr(config_module.os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(config_module, "usable_cores", lambda: 16)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
     assert config_module.resolve_num_workers(None) == 8
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # four ranks share the 16 cores
     assert config_module.resolve_num_workers(None) == 3
-    monkeypatch.setattr(config_module.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(config_module, "usable_cores", lambda: 2)
     assert config_module.resolve_num_workers(None) == 1
+
+
+def test_cores_are_counted_by_affinity_not_by_the_machine(monkeypatch):
+    # A container given 2 of a host's 64 cores: os.cpu_count() says 64, the affinity mask 2.
+    monkeypatch.delattr(config_module.os, "process_cpu_count", raising=False)
+    monkeypatch.setattr(config_module.os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(config_module.os, "sched_getaffinity", lambda pid: {5, 9}, raising=False)
+    assert config_module.usable_cores() == 2
+    monkeypatch.setattr(config_module, "_has_accelerator", lambda: True)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert config_module.resolve_num_workers(None) == 1  # not 8: one core is left for the main process
+    monkeypatch.delattr(config_module.os, "sched_getaffinity")  # a platform without affinity
+    assert config_module.usable_cores() == 64
+
+
+def test_cpu_threads_are_capped_by_the_cores_this_process_may_use(monkeypatch):
+    import torch
+
+    from florence_patch.training.model import cap_cpu_threads
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(config_module, "usable_cores", lambda: 4)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(16)
+        cap_cpu_threads(1)
+        assert torch.get_num_threads() == 3  # 4 usable cores, one of them the worker's
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+        cap_cpu_threads(0)
+        assert torch.get_num_threads() == 2  # two ranks share the 4 cores
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_torch_compile_is_opt_in_and_reaches_the_trainer():
@@ -68,7 +101,7 @@ def test_short_evaluations_prepare_pages_on_the_thread_long_ones_start_workers(m
     from florence_patch.training.evaluate import generation_workers
 
     monkeypatch.setattr(config_module, "_has_accelerator", lambda: True)
-    monkeypatch.setattr(config_module.os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(config_module, "usable_cores", lambda: 16)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
     few = config_module.MIN_EVAL_BATCHES_FOR_WORKERS - 1
     assert config_module.resolve_eval_num_workers(None, few) == 0  # the workers' start would cost more

@@ -424,6 +424,23 @@ def ranks_on_this_machine() -> int:
     return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
+def usable_cores() -> int:
+    """The cores this process may run on, which is what threads and workers are sized by.
+
+    Its CPU affinity (a container's cpuset, ``taskset``, a scheduler's binding), not the machine's
+    count: in a container given 4 of a host's 64 cores, ``os.cpu_count()`` says 64, and sizing
+    torch's threads or the DataLoader's workers by it would put dozens of threads on 4 cores.
+    (CPU quotas such as ``docker --cpus`` limit time, not cores, and do not show here.)
+    """
+    process_cpu_count = getattr(os, "process_cpu_count", None)  # Python >= 3.13: the affinity, or PYTHON_CPU_COUNT
+    if process_cpu_count is not None:
+        return process_cpu_count() or 1
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def _has_accelerator() -> bool:
     import torch
 
@@ -467,7 +484,7 @@ def resolve_num_workers(num_workers: int | None) -> int:
         return num_workers
     if not _has_accelerator():
         return 0
-    return max(1, min(8, (os.cpu_count() or 1) // ranks_on_this_machine() - 1))
+    return max(1, min(8, usable_cores() // ranks_on_this_machine() - 1))
 
 
 # Starting DataLoader workers costs about as much as preparing 10 batches on the background thread:

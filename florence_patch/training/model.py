@@ -403,11 +403,10 @@ def cap_cpu_threads(num_workers: int) -> None:
     """
     import torch
 
-    from florence_patch.training.config import ranks_on_this_machine
+    from florence_patch.training.config import ranks_on_this_machine, usable_cores
 
     if torch.cuda.is_available():
         return
-    cores = os.cpu_count() or 1
-    threads = max(1, cores // ranks_on_this_machine() - num_workers)
+    threads = max(1, usable_cores() // ranks_on_this_machine() - num_workers)
     if threads < torch.get_num_threads():
         torch.set_num_threads(threads)

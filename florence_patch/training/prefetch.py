@@ -41,14 +41,6 @@ def _lower_this_threads_priority() -> None:
         pass
 
 
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity where the platform says, else all)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def a_core_is_spare(device: Any) -> bool:
     """Whether a thread preparing batches would have a core the step does not use.
 
@@ -62,7 +54,7 @@ def a_core_is_spare(device: Any) -> bool:
     """
     import torch
 
-    from florence_patch.training.config import ranks_on_this_machine
+    from florence_patch.training.config import ranks_on_this_machine, usable_cores
 
     if torch.device(device).type != "cpu":
         return True
@@ -167,4 +159,4 @@ def prefetch_where_a_core_is_spare(loader: Any, device: Any, depth: int = 2) -> 
     return prefetch_in_thread(loader, depth) if a_core_is_spare(device) else loader
 
 
-__all__ = ["a_core_is_spare", "prefetch", "prefetch_in_thread", "prefetch_where_a_core_is_spare", "usable_cores"]
+__all__ = ["a_core_is_spare", "prefetch", "prefetch_in_thread", "prefetch_where_a_core_is_spare"]
