@@ -139,8 +139,6 @@ def test_train_fixes_the_code_trains_evaluates_and_writes_a_self_contained_direc
     log = trained["log"]
     assert re.search(r"fixed the remote code of florence-patch/florence-2-tiny: .*output-class", log)
     assert re.search(r"vision tower: [1-9]\d* window-attention modules run through scaled_dot_product_attention", log)
-    # A DataLoader worker prepares a batch's pages on one thread: its siblings take the other cores.
-    assert "batches: 1 DataLoader worker(s); each batch's pages prepared on 1 thread(s)" in log
     assert (out / "checkpoint-2").is_dir() and (out / "checkpoint-4").is_dir()
 
     # Weights, fixed code, config, processor, generation config.

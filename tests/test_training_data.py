@@ -6,7 +6,6 @@ import logging
 import os
 import pickle
 import shutil
-import threading
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -496,58 +495,3 @@ def test_processor_parts_are_compared_once_per_processor(docvqa, demo_processor)
         batch = Florence2VQAEvalCollator(processor)(rows)
         assert batch["pixel_values"].shape[0] == len({row["docId"] for row in rows})
     assert processor.calls == 1
-
-
-class _ImageProcessorThreads:
-    """The demo processor, recording each thread its image processor runs on and the pages it gets."""
-
-    def __init__(self, inner):
-        self.inner, self.tokenizer = inner, inner.tokenizer
-        self._construct_prompts = inner._construct_prompts
-        self.threads, self.pages = set(), 0
-        outer = self
-
-        class RecordingImageProcessor:
-            def __call__(self, images, **kwargs):
-                outer.threads.add(threading.get_ident())
-                outer.pages += len(images)
-                return inner.image_processor(images, **kwargs)
-
-        self.image_processor = RecordingImageProcessor()
-
-    def __call__(self, **kwargs):
-        return self.inner(**kwargs)
-
-
-def test_pages_prepared_on_threads_give_the_same_batches(docvqa, demo_processor):
-    raw = with_undecoded_images(docvqa["train"], "image")
-    rows = [raw[index] for index in range(8)]
-    assert len({row["docId"] for row in rows}) > 2
-    one = Florence2VQACollator(demo_processor)(rows)
-    processor = _ImageProcessorThreads(demo_processor)
-    threaded = Florence2VQACollator(processor, page_threads=2)(rows)
-    assert set(one) == set(threaded)
-    assert all(torch.equal(one[key], threaded[key]) for key in one)
-    assert len(processor.threads) == 2 and threading.get_ident() not in processor.threads
-    grouped_one = Florence2VQAEvalCollator(demo_processor)(rows)
-    grouped = Florence2VQAEvalCollator(demo_processor, page_threads=3)(rows)
-    assert torch.equal(grouped["pixel_values"], grouped_one["pixel_values"])
-    assert grouped["page_index"] == grouped_one["page_index"]
-
-
-def test_a_page_asked_about_twice_in_a_training_batch_is_prepared_once(docvqa, demo_processor):
-    raw = with_undecoded_images(docvqa["train"], "image")
-    rows = [raw[index] for index in range(len(raw))][:8]
-    pages = len({row["docId"] for row in rows})
-    assert pages < len(rows)
-    processor = _ImageProcessorThreads(demo_processor)
-    Florence2VQACollator(processor)([rows[0]])  # the first batch of a processor is also run whole
-    processor.pages = 0
-    batch = Florence2VQACollator(processor)(rows)
-    assert processor.pages == pages
-    whole = demo_processor(
-        text=["<DocVQA>" + row["question"] for row in rows],
-        images=[to_rgb_image(row["image"]) for row in rows], return_tensors="pt", padding=True,
-    )
-    assert torch.equal(batch["pixel_values"], whole["pixel_values"])  # still a row per question
-    assert torch.equal(batch["input_ids"], whole["input_ids"])

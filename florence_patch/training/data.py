@@ -23,7 +23,6 @@ import torch
 from PIL import Image
 
 from florence_patch.errors import UsageError
-from florence_patch.training.page_threads import map_in_chunks
 
 logger = logging.getLogger(__name__)
 
@@ -259,127 +258,81 @@ def _answer_list(value: Any) -> list[str]:
 
 
 class _Florence2Inputs:
-    """Prompt + page -> input_ids, attention_mask, pixel_values, via the Florence-2 processor.
+    """Prompt + page -> input_ids, attention_mask, pixel_values, via the Florence-2 processor."""
 
-    The processor is used in its parts where it can be split (its tokenizer with its own prompt
-    construction, and its image processor): each distinct page of a batch is then decoded,
-    resized and normalised once, on ``page_threads`` threads (``page_threads.page_threads``).
-    The first batch a process collates with a processor is also run through the whole processor,
-    and if the two differ the collator goes back to the whole processor for good.
-    """
-
-    def __init__(
-        self, processor: Any, *, task_prompt: str, columns: VQAColumns, share_pages: bool, page_threads: int = 1
-    ):
+    def __init__(self, processor: Any, *, task_prompt: str, columns: VQAColumns, share_pages: bool):
         self.processor = processor
         self.task_prompt = task_prompt
         self.columns = columns
         self.share_pages = share_pages
-        self.page_threads = page_threads
-        self._split_processor = True  # until its parts are found to give other inputs than the whole
-        self._split_verified = False
+        self._sharing_verified = False
 
-    def _prompts_and_cells(self, examples: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[Any], list[int]]:
-        """The prompts, the batch's distinct page cells (undecoded where the rows are), and each
-        example's page."""
+    def _prompts_and_pages(
+        self, examples: Sequence[Mapping[str, Any]]
+    ) -> tuple[list[str], list[Image.Image], list[int]]:
+        """The prompts, the batch's distinct pages (each decoded once, RGB), and each example's page."""
         if not examples:
             raise DataError("cannot collate an empty batch")
         prompts = [f"{self.task_prompt}{_field(example, self.columns.question)}" for example in examples]
-        cells: list[Any] = []
+        pages: list[Image.Image] = []
         index: list[int] = []
         seen: dict[tuple, int] = {}
         for example in examples:
             cell = _field(example, self.columns.image)
             key = page_identity(cell)
             if key not in seen:
-                seen[key] = len(cells)
-                cells.append(cell)
+                seen[key] = len(pages)
+                pages.append(to_rgb_image(cell))
             index.append(seen[key])
-        return prompts, cells, index
+        return prompts, pages, index
 
-    def _decoded(self, cells: Sequence[Any]) -> list[Image.Image]:
-        """Each cell as an RGB page, decoded on the page threads."""
-        chunks = map_in_chunks(_decode_pages, cells, self.page_threads)
-        return [page for chunk in chunks for page in chunk]
-
-    def _encode_whole(self, prompts: list[str], cells: Sequence[Any], index: list[int]) -> dict[str, torch.Tensor]:
-        pages = self._decoded(cells)
-        encoded = self.processor(text=prompts, images=[pages[i] for i in index], return_tensors="pt", padding=True)
+    def _encode_inputs(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        prompts, pages, index = self._prompts_and_pages(examples)
+        images = [pages[i] for i in index]
+        encoded = self.processor(text=prompts, images=images, return_tensors="pt", padding=True)
         return {
             "input_ids": encoded["input_ids"],
             "attention_mask": encoded["attention_mask"],
             "pixel_values": encoded["pixel_values"],
         }
 
-    def _encode_parts(self, prompts: list[str], cells: Sequence[Any]) -> dict[str, torch.Tensor] | None:
-        """Tokenizer and image processor apart: one pixel_values row per cell. None when the
-        processor cannot be split."""
+    def _encode_sharing_pages(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
         processor = self.processor
         construct = getattr(processor, "_construct_prompts", None)
-        image_processor = getattr(processor, "image_processor", None)
-        if construct is None or image_processor is None:
+        if construct is None or getattr(processor, "image_processor", None) is None:
             return None
+        prompts, pages, index = self._prompts_and_pages(examples)
         text = processor.tokenizer(construct(prompts), return_tensors="pt", padding=True, return_token_type_ids=False)
-        # Each page is resized and normalised on its own, so cutting the pages into chunks
-        # gives the rows one call over all of them would (the first batch's check compares).
-        rows = map_in_chunks(_PagePixels(image_processor), cells, self.page_threads)
+        pixel_values = processor.image_processor(pages, return_tensors="pt")["pixel_values"]
         return {
             "input_ids": text["input_ids"],
             "attention_mask": text["attention_mask"],
-            "pixel_values": rows[0] if len(rows) == 1 else torch.cat(rows),
+            "pixel_values": pixel_values,
+            "page_index": index,
         }
 
     def _encode_pages(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         """The model inputs with one ``pixel_values`` row per distinct page and ``page_index``
-        naming each example's row (see the collators' docstrings); every example its own row
-        when the processor is used whole."""
-        prompts, cells, index = self._prompts_and_cells(examples)
-        parts = self._encode_parts(prompts, cells) if self._split_processor else None
-        if parts is not None and not self._split_verified:
+        naming each example's row (see the collators' docstrings); the identity without sharing."""
+        shared = self._encode_sharing_pages(examples) if self.share_pages else None
+        if shared is not None and not self._sharing_verified:
             same = _known_parts_match(self.processor)
             if same is None:
-                whole = self._encode_whole(prompts, cells, index)
+                whole = self._encode_inputs(examples)
                 same = (
-                    torch.equal(whole["input_ids"], parts["input_ids"])
-                    and torch.equal(whole["attention_mask"], parts["attention_mask"])
-                    and torch.equal(whole["pixel_values"], parts["pixel_values"][index])
+                    torch.equal(whole["input_ids"], shared["input_ids"])
+                    and torch.equal(whole["attention_mask"], shared["attention_mask"])
+                    and torch.equal(whole["pixel_values"], shared["pixel_values"][shared["page_index"]])
                 )
                 _remember_parts_match(self.processor, same)
             if not same:
-                logger.warning(
-                    "the processor's parts give other inputs than the whole processor: pages are not shared, "
-                    "and each question's page is prepared with the whole processor"
-                )
-                self._split_processor = self.share_pages = False
-                parts = None
-            self._split_verified = True
-        if parts is None:
-            self._split_processor = False
-            return {**self._encode_whole(prompts, cells, index), "page_index": list(range(len(examples)))}
-        return {**parts, "page_index": index}
-
-    def _encode_inputs(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        """The model inputs, a ``pixel_values`` row per example (a page asked about twice is
-        still prepared once)."""
-        batch = self._encode_pages(examples)
-        index = batch.pop("page_index")
-        if index != list(range(len(examples))):
-            batch["pixel_values"] = batch["pixel_values"][torch.tensor(index)]
-        return batch
-
-
-def _decode_pages(cells: Sequence[Any]) -> list[Image.Image]:
-    return [to_rgb_image(cell) for cell in cells]
-
-
-class _PagePixels:
-    """Cells -> their pages' pixel_values rows, by the image processor."""
-
-    def __init__(self, image_processor: Any):
-        self.image_processor = image_processor
-
-    def __call__(self, cells: Sequence[Any]) -> torch.Tensor:
-        return self.image_processor(_decode_pages(cells), return_tensors="pt")["pixel_values"]
+                logger.warning("the processor's parts give other inputs than the whole processor: pages are not shared")
+                self.share_pages = False
+                shared = None
+            self._sharing_verified = True
+        if shared is None:
+            shared = {**self._encode_inputs(examples), "page_index": list(range(len(examples)))}
+        return shared
 
 
 class Florence2VQACollator(_Florence2Inputs):
@@ -408,11 +361,8 @@ class Florence2VQACollator(_Florence2Inputs):
         answer_choice: Literal["first", "random"] = "first",
         seed: int = 0,
         share_pages: bool = False,
-        page_threads: int = 1,
     ):
-        super().__init__(
-            processor, task_prompt=task_prompt, columns=columns, share_pages=share_pages, page_threads=page_threads
-        )
+        super().__init__(processor, task_prompt=task_prompt, columns=columns, share_pages=share_pages)
         if answer_choice not in ("first", "random"):
             raise ValueError(f"answer_choice must be 'first' or 'random', not {answer_choice!r}")
         if max_target_length < 2:
@@ -498,17 +448,11 @@ class Florence2VQAEvalCollator(_Florence2Inputs):
         task_prompt: str = DEFAULT_TASK_PROMPT,
         columns: VQAColumns = VQAColumns(),
         share_pages: bool = True,
-        page_threads: int = 1,
     ):
-        super().__init__(
-            processor, task_prompt=task_prompt, columns=columns, share_pages=share_pages, page_threads=page_threads
-        )
+        super().__init__(processor, task_prompt=task_prompt, columns=columns, share_pages=share_pages)
 
     def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        if self.share_pages:
-            batch: dict[str, Any] = self._encode_pages(examples)
-        else:
-            batch = {**self._encode_inputs(examples), "page_index": list(range(len(examples)))}
+        batch: dict[str, Any] = self._encode_pages(examples)
         columns = self.columns
         batch["answers"] = [_answer_list(_field(example, columns.answers)) for example in examples]
         batch["questions"] = [str(_field(example, columns.question)) for example in examples]

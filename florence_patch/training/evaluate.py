@@ -220,13 +220,9 @@ def generate_predictions(
 
     from florence_patch.training.data import Florence2VQAEvalCollator, with_undecoded_images
     from florence_patch.training.pages import generate_sharing_pages, page_keys
-    from florence_patch.training.page_threads import page_threads
     from florence_patch.training.prefetch import prefetch_where_a_core_is_spare
 
-    device = next(model.parameters()).device
-    collator = Florence2VQAEvalCollator(
-        processor, task_prompt=task_prompt, columns=columns, page_threads=page_threads(device, num_workers)
-    )
+    collator = Florence2VQAEvalCollator(processor, task_prompt=task_prompt, columns=columns)
     if isinstance(dataset, datasets.IterableDataset):
         if num_processes > 1:
             from datasets.distributed import split_dataset_by_node
@@ -243,6 +239,7 @@ def generate_predictions(
         rows = with_undecoded_images(dataset.select(indices), columns.image)  # the collator decodes a page once
         total = len(batches)
     loader = DataLoader(rows, batch_size=batch_size, shuffle=False, collate_fn=collator, num_workers=num_workers)
+    device = next(model.parameters()).device
     # Without workers, the next batch is prepared on a thread while this one generates, where a
     # core is free for it.
     loader = prefetch_where_a_core_is_spare(loader, device)

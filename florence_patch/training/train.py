@@ -321,7 +321,6 @@ def train(config: TrainConfig) -> TrainResult:
 
     from florence_patch.training.data import Florence2VQACollator
     from florence_patch.training.model import cap_cpu_threads, code_directory, merge_lora
-    from florence_patch.training.page_threads import page_threads
 
     # Pages are tokenised in DataLoader workers forked from this process; a tokenizer that
     # already ran threads here would be switched to serial there, with a warning per worker.
@@ -346,12 +345,6 @@ def train(config: TrainConfig) -> TrainResult:
         answer_choice="random" if config.random_answer else "first",
         seed=config.seed,
         share_pages=page_encoder is not None,
-        page_threads=page_threads(args.device, args.dataloader_num_workers),
-    )
-    logger.info(
-        "batches: %d DataLoader worker(s); each batch's pages prepared on %d thread(s)",
-        args.dataloader_num_workers,
-        collator.page_threads,
     )
     trainer_class, epoch_callback, checkpoint_callback = _trainer_classes()
     trainer = trainer_class(
