@@ -5,10 +5,11 @@ Without worker processes (`train` and `eval` start none on a CPU-only machine, s
 normalise, tokenising) runs between steps. A thread can do it meanwhile, where a core is free
 for it: with an accelerator (the host mostly waits for the device) or when torch's intra-op
 threads leave a core idle. Where they take every core, as on the bench's 2 cores, the thread
-slows training down: the step's OpenMP threads wait for one another at the end of every
-parallel region, so a thread that takes a core from one of them, even at the lowest priority
-for a few milliseconds, holds up all of them. ``a_core_is_spare`` says which case a run is in;
-training and evaluation prefetch on a thread only when it is true (measured: bench/RESULTS.md).
+slowed training down (measured: bench/RESULTS.md). Why is not established: the step's OpenMP
+threads wait for one another at the end of every parallel region, so a thread that takes a
+core from one of them holds up all of them; but preparing pages on other threads *between*
+steps slowed the step there too (cc41e10, reverted). ``a_core_is_spare`` says which case a run
+is in; training and evaluation prefetch on a thread only when it is true.
 The thread runs at the lowest CPU priority with one torch thread.
 
 torchdata's ``nodes.Prefetcher`` does the same inside its own node graph; the Trainer and
@@ -47,7 +48,7 @@ def a_core_is_spare(device: Any) -> bool:
     True with an accelerator (``device`` not the CPU): the host launches work and waits. On the
     CPU, only when torch's intra-op threads (of all the ranks on this machine, under torchrun)
     number fewer than the usable cores: otherwise the thread can only take a core from the
-    step's OpenMP team, whose threads then wait for it at every barrier. On the bench's 2 cores
+    step's OpenMP team (the likely cost, not traced). On the bench's 2 cores
     with 2 torch threads, interleaved over 7 rounds, the default training arm ran at 0.84-0.93x
     the recipe's loop with the thread and 0.84-1.11x (median 1.005x) without it; its forward and
     backward took 3-24 % longer with the thread, in every round.
