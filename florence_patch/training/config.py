@@ -604,4 +604,5 @@ __all__ = [
     "resolve_num_workers",
     "resolve_precision",
     "to_training_arguments",
+    "usable_cores",
 ]

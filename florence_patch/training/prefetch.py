@@ -48,10 +48,10 @@ def a_core_is_spare(device: Any) -> bool:
     True with an accelerator (``device`` not the CPU): the host launches work and waits. On the
     CPU, only when torch's intra-op threads (of all the ranks on this machine, under torchrun)
     number fewer than the usable cores: otherwise the thread can only take a core from the
-    step's OpenMP team (the likely cost, not traced). On the bench's 2 cores
-    with 2 torch threads, interleaved over 7 rounds, the default training arm ran at 0.84-0.93x
-    the recipe's loop with the thread and 0.84-1.11x (median 1.005x) without it; its forward and
-    backward took 3-24 % longer with the thread, in every round.
+    step's OpenMP team. On the bench's 2 cores with 2 torch threads, interleaved over 7 rounds,
+    the default training arm ran at 0.84-0.93x the recipe's loop with the thread and 0.84-1.11x
+    (median 1.005x) without it; its forward and backward took 3-24 % longer with the thread, in
+    every round (why so much is not established: see the module's docstring).
     """
     import torch
 
