@@ -17,6 +17,8 @@ Throughput is steady state: samples/s between the end of step ``--warmup`` and t
 ``--warmup + --steps`` (a Trainer callback times the Trainer), so start-up, model loading and the
 first steps are left out. Peak memory is over the same window (see bench/workload.py for how).
 Each round gives the ratios ours / baseline and grouped / baseline ("pair" in the JSON lines).
+With ``--lockstep`` (CPU) a round's arms run side by side instead, taking their steps in turns
+(bench/lockstep.py), each timing only its own turns: the machine's drift then reaches every arm alike.
 Then ``ours`` runs once more with ``--gradient-checkpointing`` for the memory comparison.
 
     .venv/bin/python bench/train_bench.py --shape small            # CPU
@@ -34,7 +36,11 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from lockstep import LockstepError, Turns, run_in_lockstep  # noqa: E402
 from workload import (  # noqa: E402
+    BENCH_DIR,
+    REPO_ROOT,
+    arm_result,
     add_common_arguments,
     add_our_arm_arguments,
     emit,
@@ -48,7 +54,6 @@ from workload import (  # noqa: E402
     count_train_flops,
     device_name,
     load_average,
-    now,
     peak_tflops,
     prepare,
     print_arm_result,
@@ -109,9 +114,11 @@ def baseline_arm(args) -> dict[str, Any]:
     memory = PeakMemory(device)
     cpu = CpuClock()
     flops_per_sample = None
+    turns = Turns(args.lockstep_fds)
     model.train()
     step = 0
     started = finished = 0.0
+    turns.wait()
     while step < total_steps:
         for inputs, answers in loader:
             labels = processor.tokenizer(
@@ -136,11 +143,15 @@ def baseline_arm(args) -> dict[str, Any]:
                 memory.reset(model, optimizer)
                 clock.start()
                 cpu.start()
-                started = now()
+                started = turns.elapsed()
             if step == total_steps:
                 synchronize(device)
-                finished = now()
+                finished = turns.elapsed()
                 cpu_seconds = cpu.elapsed()
+            turns.done()
+            turns.wait()  # after the last step: the turn in which this arm finishes on its own
+            clock.resume()
+            if step == total_steps:
                 break
     clock.stop()
     return {
@@ -174,13 +185,21 @@ def ours_arm(args) -> dict[str, Any]:
     clock = PhaseClock(device, synchronize_phases=args.profile)
     memory = PeakMemory(device)
     cpu = CpuClock()
+    turns = Turns(args.lockstep_fds)
     window: dict[str, float] = {}
 
     class StepTimer(TrainerCallback):
         """Times steps warmup+1 .. warmup+steps; skips the end-of-run checkpoint (not measured)."""
 
         def on_train_begin(self, args_, state, control, model=None, optimizer=None, **kwargs):
+            from florence_patch.training.prefetch import a_core_is_spare
+
+            if turns.enabled and (args_.dataloader_num_workers or a_core_is_spare(device)):
+                # Workers or the prefetch thread would prepare batches while other arms hold the turn.
+                raise SystemExit("--lockstep: this arm would prepare batches between its turns "
+                                 "(DataLoader workers, or a core spare for the prefetch thread)")
             clock.attach(model, optimizer)
+            turns.wait()
 
         def on_step_end(self, args_, state, control, model=None, optimizer=None, **kwargs):
             clock.step_end()
@@ -189,10 +208,10 @@ def ours_arm(args) -> dict[str, Any]:
                 memory.reset(model, optimizer)
                 clock.start()
                 cpu.start()
-                window["start"] = now()
+                window["start"] = turns.elapsed()
             elif state.global_step == total_steps:
                 synchronize(device)
-                window["end"] = now()
+                window["end"] = turns.elapsed()
                 window["cpu_s"] = cpu.elapsed()
                 window["peak_mib"] = memory.peak_mib()
                 window["step_mib"] = memory.above_reset_mib()
@@ -202,6 +221,9 @@ def ours_arm(args) -> dict[str, Any]:
                     window["workers_rss_mib"] = workers
                 clock.stop()
                 control.should_save = False  # the final checkpoint is not part of the measurement
+            turns.done()
+            turns.wait()  # after the last step: the turn in which this arm finishes on its own
+            clock.resume()
             return control
 
     # train() builds its own Trainer; DEFAULT_CALLBACKS is where every Trainer takes its first callbacks from.
@@ -316,24 +338,30 @@ def orchestrate(args) -> None:
         flops_per_sample = None
         ratios, grouped_ratios = [], []
         run = 0
+        mode = {"lockstep": True} if args.lockstep else {}
         for pair in range(1, args.pairs + 1):
-            run += 1
-            base = run_arm("train_bench.py", _arm_args(args, workload, "baseline", run, count_flops=pair == 1), env)
+            arms = [("baseline", {"count_flops": pair == 1}), ("ours", {})]
+            if args.grouped:
+                arms.append(("ours", {"group_by_page": True}))
+            arm_args = [_arm_args(args, workload, arm, run + i + 1, **extra) for i, (arm, extra) in enumerate(arms)]
+            run += len(arms)
+            if args.lockstep:
+                results = run_arms_in_lockstep(args, arm_args, env)
+            else:
+                results = [run_arm("train_bench.py", one, env) for one in arm_args]
+            base, ours = results[0], results[1]
             flops_per_sample = flops_per_sample or base["flops_per_sample"]
-            run += 1
-            ours = run_arm("train_bench.py", _arm_args(args, workload, "ours", run), env)
             ratio = ours["samples_per_s"] / base["samples_per_s"]
             ratios.append(ratio)
             gpu = device == "cuda"
             base_extra = {"mfu": _mfu(base, flops_per_sample)} if gpu else {}
             ours_extra = {"mfu": _mfu(ours, flops_per_sample)} if gpu else {}
-            emit(_record(args, workload, device, "baseline (recipe loop)", pair, base, **base_extra),
+            emit(_record(args, workload, device, "baseline (recipe loop)", pair, base, **base_extra, **mode),
                  title=TITLE, save=args.record)
             emit(_record(args, workload, device, "florence-patch train", pair, ours, ratio=round(ratio, 3),
-                         **ours_extra), title=TITLE, save=args.record)
+                         **ours_extra, **mode), title=TITLE, save=args.record)
             if args.grouped:
-                run += 1
-                grouped = run_arm("train_bench.py", _arm_args(args, workload, "ours", run, group_by_page=True), env)
+                grouped = results[2]
                 grouped_ratio = grouped["samples_per_s"] / base["samples_per_s"]
                 grouped_ratios.append(grouped_ratio)
                 # Model FLOPs utilisation counts the work of encoding every question's page, as the
@@ -341,12 +369,13 @@ def orchestrate(args) -> None:
                 grouped_extra = {"mfu": _mfu(grouped, flops_per_sample)} if gpu else {}
                 emit(_record(args, workload, device, "florence-patch train --group-by-page", pair, grouped,
                              ratio=round(grouped_ratio, 3), questions_per_encoded_page=grouped["questions_per_encoded_page"],
-                             **grouped_extra), title=TITLE, save=args.record)
+                             **grouped_extra, **mode), title=TITLE, save=args.record)
         summary = {
             "what": "train-summary",
             "shape": shape.name,
             "device": device,
             "pairs": args.pairs,
+            **mode,
             "ratios": [round(r, 3) for r in ratios],
             "ratio_median": round(statistics.median(ratios), 3),
             "goal": GOAL_RATIO[device],
@@ -364,6 +393,16 @@ def orchestrate(args) -> None:
     finally:
         if not args.workdir and not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def run_arms_in_lockstep(args, arm_args: list[list[str]], env: dict[str, str]) -> list[dict[str, Any]]:
+    """One pair's arms side by side, a step each in turn (bench/lockstep.py); their results in order."""
+    commands = [[sys.executable, str(BENCH_DIR / "train_bench.py"), *one] for one in arm_args]
+    try:
+        outputs = run_in_lockstep(commands, env, turns=args.warmup + args.steps, cwd=REPO_ROOT)
+    except LockstepError as error:
+        raise SystemExit(f"lockstep: {error}") from None
+    return [arm_result(output) for output in outputs]
 
 
 def measure_checkpointing(
@@ -422,15 +461,22 @@ def parse_args(argv=None):
     parser.add_argument("--profile", action="store_true", help="synchronise phase boundaries on CUDA (slower)")
     parser.add_argument("--workdir", help="work directory, kept and reused (default: a temporary one, removed)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--lockstep", action="store_true",
+                        help="CPU: run each pair's arms side by side, passing the turn round after every step "
+                             "(bench/lockstep.py), so the machine's drift reaches every arm alike")
     # one arm, in its own interpreter (run by the orchestration above)
     parser.add_argument("--arm", choices=("baseline", "ours"), help=argparse.SUPPRESS)
     parser.add_argument("--output-dir", help=argparse.SUPPRESS)
     parser.add_argument("--count-flops", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--gradient-checkpointing", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--group-by-page", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--lockstep-fds", type=int, nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.warmup < 1 or args.steps < 1 or args.pairs < 1:
         parser.error("--warmup, --steps and --pairs must be >= 1 (the first step is never timed)")
+    if args.lockstep and (args.device == "cuda" or args.num_workers):
+        # Workers (and a GPU's asynchronous queue) keep working while another arm holds the turn.
+        parser.error("--lockstep is for CPU arms without DataLoader workers")
     return args
 
 

@@ -277,10 +277,17 @@ def run_arm(script: str, args: list[str], env: dict[str, str], *, timeout: float
     """Run ``bench/<script> --arm ...`` and return the result it printed (ARM_RESULT_PREFIX + JSON)."""
     command = [sys.executable, str(BENCH_DIR / script), *args]
     proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT)
-    results = [line[len(ARM_RESULT_PREFIX):] for line in proc.stdout.splitlines() if line.startswith(ARM_RESULT_PREFIX)]
-    if proc.returncode != 0 or not results:
+    if proc.returncode != 0 or ARM_RESULT_PREFIX not in proc.stdout:
         tail = (proc.stdout + proc.stderr)[-4000:]
         raise SystemExit(f"arm {' '.join(args)} failed ({proc.returncode}):\n{tail}")
+    return arm_result(proc.stdout)
+
+
+def arm_result(output: str) -> dict[str, Any]:
+    """The result an arm printed (its last ARM_RESULT_PREFIX line)."""
+    results = [line[len(ARM_RESULT_PREFIX):] for line in output.splitlines() if line.startswith(ARM_RESULT_PREFIX)]
+    if not results:
+        raise SystemExit(f"an arm printed no result:\n{output[-4000:]}")
     return json.loads(results[-1])
 
 
@@ -544,6 +551,11 @@ class PhaseClock:
         """Call at the end of the last untimed step."""
         self.active = True
         self._marks = {"step_end": now()}
+
+    def resume(self) -> None:
+        """Call when a step's turn begins in lockstep (bench/lockstep.py): the wait is no phase of it."""
+        if self.active:
+            self._marks = {"step_end": now()}
 
     def step_end(self) -> None:
         if not self.active:
