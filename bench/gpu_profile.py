@@ -12,6 +12,7 @@ as a user would), and prints one JSON line per measurement:
   step, and on CUDA the kernels' own time per step and the kernel launches per step (one
   profiled step, torch.profiler): when the kernels' time is far below the wall time and the CPU
   time matches the wall time, the step is bound by launching kernels from Python, not by the GPU.
+  ``aten_ops_per_step`` (uncompiled steps): the aten operators one step dispatches below autograd.
 * ``saved-for-backward`` -- what one training forward keeps for the backward, with the model's own
   window attention and through SDPA.
 * ``eval-loader`` -- the evaluation DataLoader alone (decode, resize, tokenise), with and without
@@ -22,7 +23,8 @@ as a user would), and prints one JSON line per measurement:
 * ``train-trainer`` -- ``florence-patch train`` itself (as it is, without DataLoader workers, and
   with the two host-device synchronisations a step that the Trainer makes by default and
   ``train`` turns off): wall and CPU ms a step, the main thread's busiest operators and its
-  synchronisations.
+  synchronisations, and the aten operators of its last warm-up step (``aten_ops_per_step``, to
+  set against the bare step's: what the Trainer adds to the step itself).
 * ``eval-generate`` -- ``generate_predictions`` (what ``eval`` times) with and without workers,
   twice each (a first pass pays worker start-up and lazy imports).
 
@@ -76,6 +78,40 @@ def _kernel_profile(device: str, run_step) -> dict[str, Any]:
     return {"kernel_ms_per_step": round(kernel_us / 1000, 1), "kernel_launches_per_step": launches}
 
 
+class OperatorCount:
+    """Counts the aten operators dispatched below autograd while active (views and factories included).
+
+    Device-independent: on a GPU each non-view operator is roughly one kernel launch, so comparing
+    ``train``'s step with a bare step on a CPU already tells whether the Trainer adds work to it.
+    """
+
+    def __init__(self) -> None:
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        count = self
+
+        class _Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                count.operators += 1
+                return func(*args, **(kwargs or {}))
+
+        self.operators = 0
+        self._mode = _Mode()
+
+    def __enter__(self) -> "OperatorCount":
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._mode.__exit__(*exc)
+
+
+def _count_operators(run_step) -> int:
+    with OperatorCount() as count:
+        run_step()
+    return count.operators
+
+
 def _time_steps(device: str, run_step, steps: int) -> dict[str, float]:
     synchronize(device)
     wall, cpu = now(), time.process_time()
@@ -92,7 +128,7 @@ def profile_training(
     """Time training steps per variant; ``label`` names what was done to the model (its attention)."""
     import torch
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, **({"fused": True} if device == "cuda" else {}))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=True)  # as `train` (adamw_torch_fused)
     if compiled_only:
         variants = [("bf16 autocast + torch.compile", torch.bfloat16, True)]
     else:
@@ -116,6 +152,8 @@ def profile_training(
             run_step()
             measured = _time_steps(device, run_step, args.steps)
             kernels = _kernel_profile(device, run_step)
+            if not compiled:  # a dispatch mode would trace into the compiled graph
+                kernels["aten_ops_per_step"] = _count_operators(run_step)
         except Exception as error:  # a profile reports what failed and goes on to the next variant
             record({"what": "train-step", "variant": name + label, "error": f"{type(error).__name__}: {error}"[:500]})
             continue
@@ -231,10 +269,17 @@ def profile_trainer(args, device: str, record) -> None:
         window: dict[str, Any] = {}
         profiler = profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else []))
 
+        operators = OperatorCount()
+
         class StepWindows(TrainerCallback):
+            def on_step_begin(self, args_, state, control, **kwargs):
+                if state.global_step == warmup - 1:  # the last warm-up step: its operators are counted
+                    operators.__enter__()
+
             def on_step_end(self, args_, state, control, **kwargs):
                 step = state.global_step
                 if step == warmup:
+                    operators.__exit__(None, None, None)
                     synchronize(device)
                     profiler.__enter__()
                 elif step == warmup + profiled:
@@ -269,6 +314,7 @@ def profile_trainer(args, device: str, record) -> None:
             "wall_ms_per_step": round(1000 * window["wall"] / timed, 1),
             "cpu_ms_per_step": round(1000 * window["cpu"] / timed, 1),
             "samples_per_s": round(timed * args.batch_size / window["wall"], 2),
+            "aten_ops_per_step": operators.operators,
             "busiest_ops_ms_per_step": {e.key[:60]: round(e.self_cpu_time_total / 1000 / profiled, 1) for e in busiest},
             "syncs_per_step": {e.key: [e.count / profiled, round(e.self_cpu_time_total / 1000 / profiled, 1)] for e in syncs},
         })
