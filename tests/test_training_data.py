@@ -495,3 +495,32 @@ def test_processor_parts_are_compared_once_per_processor(docvqa, demo_processor)
         batch = Florence2VQAEvalCollator(processor)(rows)
         assert batch["pixel_values"].shape[0] == len({row["docId"] for row in rows})
     assert processor.calls == 1
+
+
+def test_training_collator_prepares_each_distinct_page_once_and_matches_the_whole_processor(
+    docvqa, demo_processor, monkeypatch
+):
+    import florence_patch.training.data as data_module
+
+    by_page = {}
+    for row in _rows(docvqa, count=len(docvqa["train"])):
+        by_page.setdefault(row["docId"], row)
+    first, second, third = list(by_page.values())[:3]
+    rows = [first, second, first, third, second]  # pages asked about twice, as in a random batch
+    prepared = []
+    original = data_module.page_pixels
+
+    def counting(image_processor, pages):
+        prepared.append(len(pages))
+        return original(image_processor, pages)
+
+    monkeypatch.setattr(data_module, "page_pixels", counting)
+    batch = Florence2VQACollator(demo_processor)(rows)
+    assert prepared == [3]  # three distinct pages, each prepared once
+    images = [to_rgb_image(row["image"]) for row in rows]
+    whole = demo_processor(
+        text=["<DocVQA>" + row["question"] for row in rows], images=images, return_tensors="pt", padding=True
+    )
+    assert batch["pixel_values"].shape[0] == 5
+    for key in ("pixel_values", "input_ids", "attention_mask"):
+        assert torch.equal(batch[key], whole[key]), key

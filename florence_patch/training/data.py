@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from florence_patch.errors import UsageError
+from florence_patch.training.page_pixels import page_pixels
 
 logger = logging.getLogger(__name__)
 
@@ -265,7 +266,7 @@ class _Florence2Inputs:
         self.task_prompt = task_prompt
         self.columns = columns
         self.share_pages = share_pages
-        self._sharing_verified = False
+        self._parts_usable: bool | None = None  # None: not compared with the whole processor yet
 
     def _prompts_and_pages(
         self, examples: Sequence[Mapping[str, Any]]
@@ -303,7 +304,7 @@ class _Florence2Inputs:
             return None
         prompts, pages, index = self._prompts_and_pages(examples)
         text = processor.tokenizer(construct(prompts), return_tensors="pt", padding=True, return_token_type_ids=False)
-        pixel_values = processor.image_processor(pages, return_tensors="pt")["pixel_values"]
+        pixel_values = page_pixels(processor.image_processor, pages)
         return {
             "input_ids": text["input_ids"],
             "attention_mask": text["attention_mask"],
@@ -311,28 +312,54 @@ class _Florence2Inputs:
             "page_index": index,
         }
 
-    def _encode_pages(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        """The model inputs with one ``pixel_values`` row per distinct page and ``page_index``
-        naming each example's row (see the collators' docstrings); the identity without sharing."""
-        shared = self._encode_sharing_pages(examples) if self.share_pages else None
-        if shared is not None and not self._sharing_verified:
+    def _encode_parts(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+        """The model inputs through the processor's parts (one ``pixel_values`` row per distinct page,
+        and ``page_index``), or None where the processor cannot be split or its parts give other
+        inputs than the whole processor (compared on a first batch, once per processor)."""
+        if self._parts_usable is False:
+            return None
+        parts = self._encode_sharing_pages(examples)
+        if parts is None:
+            self._parts_usable = False
+            return None
+        if self._parts_usable is None:
             same = _known_parts_match(self.processor)
             if same is None:
                 whole = self._encode_inputs(examples)
                 same = (
-                    torch.equal(whole["input_ids"], shared["input_ids"])
-                    and torch.equal(whole["attention_mask"], shared["attention_mask"])
-                    and torch.equal(whole["pixel_values"], shared["pixel_values"][shared["page_index"]])
+                    torch.equal(whole["input_ids"], parts["input_ids"])
+                    and torch.equal(whole["attention_mask"], parts["attention_mask"])
+                    and torch.equal(whole["pixel_values"], parts["pixel_values"][parts["page_index"]])
                 )
                 _remember_parts_match(self.processor, same)
+            self._parts_usable = same
             if not same:
-                logger.warning("the processor's parts give other inputs than the whole processor: pages are not shared")
-                self.share_pages = False
-                shared = None
-            self._sharing_verified = True
+                logger.warning(
+                    "the processor's parts give other inputs than the whole processor: pages are not shared, "
+                    "the whole processor prepares each batch"
+                )
+                return None
+        return parts
+
+    def _encode_pages(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """The model inputs with one ``pixel_values`` row per distinct page and ``page_index``
+        naming each example's row (see the collators' docstrings); the identity without sharing."""
+        shared = self._encode_parts(examples) if self.share_pages else None
         if shared is None:
+            self.share_pages = self.share_pages and self._parts_usable is not False
             shared = {**self._encode_inputs(examples), "page_index": list(range(len(examples)))}
         return shared
+
+    def _encode_each_page(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """The model inputs with one ``pixel_values`` row per example: each distinct page is
+        prepared once (``page_pixels``) and repeated for the questions that ask about it."""
+        parts = self._encode_parts(examples)
+        if parts is None:
+            return self._encode_inputs(examples)
+        index = parts.pop("page_index")
+        if index != list(range(len(examples))):
+            parts["pixel_values"] = parts["pixel_values"][torch.tensor(index)]
+        return parts
 
 
 class Florence2VQACollator(_Florence2Inputs):
@@ -398,7 +425,7 @@ class Florence2VQACollator(_Florence2Inputs):
             batch = self._encode_pages(examples)
             batch["page_index"] = torch.tensor(batch["page_index"], dtype=torch.long)
         else:
-            batch = self._encode_inputs(examples)
+            batch = self._encode_each_page(examples)
         targets = [self.choose_answer(example) for example in examples]
         tokenizer = self.processor.tokenizer
         # Probe one token past the limit: enough to see an overflow, and it keeps the
