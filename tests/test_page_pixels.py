@@ -39,7 +39,7 @@ def test_shortcut_equals_the_image_processor_bit_for_bit():
     assert pixels.dtype == torch.float32 and pixels.is_contiguous()
     assert torch.equal(pixels, _reference(image_processor, pages))
     assert torch.equal(page_pixels(image_processor, pages), _reference(image_processor, pages))
-    assert page_pixels_module._known(image_processor) is True
+    assert page_pixels_module._EQUAL.get(image_processor) is True
 
 
 def test_a_shortcut_that_differs_is_dropped_after_the_first_batch(monkeypatch, caplog):
@@ -57,7 +57,7 @@ def test_a_shortcut_that_differs_is_dropped_after_the_first_batch(monkeypatch, c
     with caplog.at_level("INFO", logger=page_pixels_module.__name__):
         assert torch.equal(page_pixels(image_processor, pages), _reference(image_processor, pages))
     assert "shortcut differs" in caplog.text
-    assert page_pixels_module._known(image_processor) is False
+    assert page_pixels_module._EQUAL.get(image_processor) is False
     assert torch.equal(page_pixels(image_processor, pages), _reference(image_processor, pages))
     assert calls == [2]  # not tried again
 

@@ -13,7 +13,6 @@ import hashlib
 import io
 import logging
 import random
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
@@ -23,7 +22,7 @@ import torch
 from PIL import Image
 
 from florence_patch.errors import UsageError
-from florence_patch.training.page_pixels import page_pixels
+from florence_patch.training.page_pixels import PerProcessorVerdicts, page_pixels
 
 logger = logging.getLogger(__name__)
 
@@ -224,21 +223,8 @@ def with_undecoded_images(dataset: AnyDataset, column: str) -> AnyDataset:
 
 # Processors whose parts (tokenizer + prompt construction, image processor) were compared with the
 # whole processor on a first batch: one comparison per processor and process, not per collator.
-_PARTS_MATCH: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _known_parts_match(processor: Any) -> bool | None:
-    try:
-        return _PARTS_MATCH.get(processor)
-    except TypeError:  # neither hashable nor weakly referenceable: each collator compares once
-        return None
-
-
-def _remember_parts_match(processor: Any, same: bool) -> None:
-    try:
-        _PARTS_MATCH[processor] = same
-    except TypeError:
-        pass
+# A processor whose verdict cannot be kept is compared again by each collator.
+_PARTS_MATCH = PerProcessorVerdicts(unkept=None)
 
 
 def _field(example: Mapping[str, Any], column: str) -> Any:
@@ -323,7 +309,7 @@ class _Florence2Inputs:
             self._parts_usable = False
             return None
         if self._parts_usable is None:
-            same = _known_parts_match(self.processor)
+            same = _PARTS_MATCH.get(self.processor)
             if same is None:
                 whole = self._encode_inputs(examples)
                 same = (
@@ -331,7 +317,7 @@ class _Florence2Inputs:
                     and torch.equal(whole["attention_mask"], parts["attention_mask"])
                     and torch.equal(whole["pixel_values"], parts["pixel_values"][parts["page_index"]])
                 )
-                _remember_parts_match(self.processor, same)
+                _PARTS_MATCH.remember(self.processor, same)
             self._parts_usable = same
             if not same:
                 logger.warning(

@@ -29,8 +29,32 @@ from PIL import Image
 
 logger = logging.getLogger(__name__)
 
-# Image processors whose shortcut was compared with the processor on a first batch: equal or not.
-_EQUAL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+class PerProcessorVerdicts:
+    """Whether a comparison made on a first batch came out equal, kept per processor object for the
+    life of the process (weakly: a processor that goes away takes its verdict with it)."""
+
+    def __init__(self, *, unkept: bool | None) -> None:
+        self._verdicts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._unkept = unkept  # the answer for a processor that can be neither hashed nor weakly referenced
+
+    def get(self, processor: Any) -> bool | None:
+        """True or False once compared; None before."""
+        try:
+            return self._verdicts.get(processor)
+        except TypeError:
+            return self._unkept
+
+    def remember(self, processor: Any, equal: bool) -> None:
+        try:
+            self._verdicts[processor] = equal
+        except TypeError:
+            pass
+
+
+# Image processors whose shortcut was compared with the processor on a first batch. One whose
+# verdict cannot be kept goes to the processor: comparing on every batch would cost both.
+_EQUAL = PerProcessorVerdicts(unkept=False)
 
 _RESAMPLE_MODES = {2: "BILINEAR", 3: "BICUBIC"}  # PIL's resampling filter numbers
 
@@ -90,29 +114,16 @@ def page_pixels(image_processor: Any, pages: Sequence[Image.Image]) -> torch.Ten
     """``image_processor(pages, return_tensors="pt")["pixel_values"]`` for RGB ``pages``, through the
     shortcut where it applies and was found equal to the processor on a first batch."""
     shortcut = _Shortcut.of(image_processor) if pages and all(p.mode == "RGB" for p in pages) else None
-    known = _known(image_processor)
+    known = _EQUAL.get(image_processor)
     if shortcut is None or known is False:
         return image_processor(list(pages), return_tensors="pt")["pixel_values"]
     pixels = shortcut(image_processor, pages)
     if known is None:
         reference = image_processor(list(pages), return_tensors="pt")["pixel_values"]
         equal = pixels.shape == reference.shape and torch.equal(pixels, reference)
-        _remember(image_processor, equal)
+        _EQUAL.remember(image_processor, equal)
         if not equal:
             logger.info("pages are prepared by the image processor itself (the shortcut differs from it here)")
             return reference
     return pixels
 
-
-def _known(image_processor: Any) -> bool | None:
-    try:
-        return _EQUAL.get(image_processor)
-    except TypeError:  # neither hashable nor weakly referenceable: the comparison could not be kept
-        return False
-
-
-def _remember(image_processor: Any, equal: bool) -> None:
-    try:
-        _EQUAL[image_processor] = equal
-    except TypeError:
-        pass
