@@ -62,6 +62,22 @@ def test_a_shortcut_that_differs_is_dropped_after_the_first_batch(monkeypatch, c
     assert calls == [2]  # not tried again
 
 
+def test_a_shortcut_that_fails_on_this_transformers_is_dropped(monkeypatch, caplog):
+    image_processor = CLIPImageProcessor(**FLORENCE_LIKE)
+    if _Shortcut.of(image_processor) is None:
+        pytest.skip("this transformers' CLIPImageProcessor is not the torchvision backend (transformers 4.x)")
+
+    def renamed_internals(self, image_processor_, pages):
+        raise AttributeError("'CLIPImageProcessor' object has no attribute 'rescale_and_normalize'")
+
+    monkeypatch.setattr(_Shortcut, "__call__", renamed_internals)
+    pages = _pages([(90, 70)])
+    with caplog.at_level("INFO", logger=page_pixels_module.__name__):
+        assert torch.equal(page_pixels(image_processor, pages), _reference(image_processor, pages))
+    assert "shortcut failed" in caplog.text
+    assert page_pixels_module._EQUAL.get(image_processor) is False
+
+
 @pytest.mark.parametrize(
     "change", [{"do_center_crop": True, "crop_size": {"height": 32, "width": 32}}, {"resample": 1}, {"do_normalize": False}]
 )

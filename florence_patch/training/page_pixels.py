@@ -117,13 +117,19 @@ def page_pixels(image_processor: Any, pages: Sequence[Image.Image]) -> torch.Ten
     known = _EQUAL.get(image_processor)
     if shortcut is None or known is False:
         return image_processor(list(pages), return_tensors="pt")["pixel_values"]
-    pixels = shortcut(image_processor, pages)
-    if known is None:
-        reference = image_processor(list(pages), return_tensors="pt")["pixel_values"]
-        equal = pixels.shape == reference.shape and torch.equal(pixels, reference)
-        _EQUAL.remember(image_processor, equal)
-        if not equal:
-            logger.info("pages are prepared by the image processor itself (the shortcut differs from it here)")
-            return reference
+    if known:
+        return shortcut(image_processor, pages)
+    reference = image_processor(list(pages), return_tensors="pt")["pixel_values"]
+    try:
+        pixels = shortcut(image_processor, pages)
+    except (AttributeError, TypeError, ValueError, RuntimeError) as error:  # another transformers' internals
+        logger.info("pages are prepared by the image processor itself (the shortcut failed: %s)", error)
+        _EQUAL.remember(image_processor, False)
+        return reference
+    equal = pixels.shape == reference.shape and torch.equal(pixels, reference)
+    _EQUAL.remember(image_processor, equal)
+    if not equal:
+        logger.info("pages are prepared by the image processor itself (the shortcut differs from it here)")
+        return reference
     return pixels
 
