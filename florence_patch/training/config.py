@@ -441,6 +441,12 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def cores_per_rank() -> int:
+    """This rank's share of the usable cores, under torchrun with several ranks on the machine
+    (0 when the ranks outnumber the cores)."""
+    return usable_cores() // ranks_on_this_machine()
+
+
 def _has_accelerator() -> bool:
     import torch
 
@@ -484,7 +490,7 @@ def resolve_num_workers(num_workers: int | None) -> int:
         return num_workers
     if not _has_accelerator():
         return 0
-    return max(1, min(8, usable_cores() // ranks_on_this_machine() - 1))
+    return max(1, min(8, cores_per_rank() - 1))
 
 
 # Starting DataLoader workers costs about as much as preparing 10 batches on the background thread:
@@ -598,6 +604,7 @@ __all__ = [
     "PRECISIONS",
     "REPORT_TO",
     "TrainConfig",
+    "cores_per_rank",
     "ranks_on_this_machine",
     "read_yaml",
     "resolve_eval_num_workers",

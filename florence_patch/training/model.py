@@ -403,10 +403,10 @@ def cap_cpu_threads(num_workers: int) -> None:
     """
     import torch
 
-    from florence_patch.training.config import ranks_on_this_machine, usable_cores
+    from florence_patch.training.config import cores_per_rank
 
     if torch.cuda.is_available():
         return
-    threads = max(1, usable_cores() // ranks_on_this_machine() - num_workers)
+    threads = max(1, cores_per_rank() - num_workers)
     if threads < torch.get_num_threads():
         torch.set_num_threads(threads)
