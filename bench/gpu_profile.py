@@ -348,7 +348,7 @@ def profile_arm(args) -> None:
     from florence_patch.training.model import (
         fix_remote_code,
         load_model_and_processor,
-        run_window_attention_through_sdpa,
+        page_size,
     )
 
     device = resolve_device(args.device)
@@ -365,8 +365,19 @@ def profile_arm(args) -> None:
     if args.train:
         saved_for_backward(device, model, batch, record, attention="the model's own")
         profile_training(args, device, model, batch, record)  # the DaViT attention as the model writes it
-    # What train and eval run (--vision-sdpa, their default) from here on.
-    record({"what": "vision-sdpa", "switched": run_window_attention_through_sdpa(model)})
+    # What train runs (--vision-sdpa, its default) from here on: each configuration SDPA makes faster
+    # here, timed as train times it (bf16 autocast on a GPU, as the steps below).
+    from florence_patch.training.model import vision_tower
+    from florence_patch.training.window_attention import AttentionRun, use_sdpa_window_attention
+
+    run = AttentionRun(
+        image_size=page_size(processor), batch_size=args.batch_size, device=device,
+        autocast_dtype=torch.bfloat16 if device == "cuda" else None, backward=True,
+    )
+    switch = use_sdpa_window_attention(vision_tower(model), run)
+    record({"what": "vision-sdpa", "switched": switch.switched, "untimed": switch.untimed,
+            "timings": [{"configuration": t.configuration, "modules": t.modules, "own_ms": t.own_ms,
+                         "sdpa_ms": t.sdpa_ms} for t in switch.timings]})
     if args.train:
         saved_for_backward(device, model, batch, record, attention="SDPA")
         profile_training(args, device, model, batch, record, label=" + vision SDPA")

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import textwrap
+import time
 
 import pytest
 import torch
 from torch import nn
 
-from florence_patch.training.window_attention import probe_difference, use_sdpa_window_attention
+from florence_patch.training.window_attention import (
+    MIN_TIMED_WINDOWS,
+    AttentionRun,
+    input_grids,
+    probe_difference,
+    use_sdpa_window_attention,
+)
 
 from .conftest import DEMO_TRAINING_STEP, run_with_demo_checkpoint
 
@@ -116,6 +123,88 @@ def test_the_probe_runs_on_a_float32_copy():
     assert probe_difference(module) < 1e-5  # bf16 rounding would give ~1e-2
     assert next(module.parameters()).dtype is torch.bfloat16
     assert use_sdpa_window_attention(Tower(module)).switched == 1
+
+
+def _slow_forward(self, x, size):
+    # The same maths, 100 ms slower a call: SDPA wins any timing against it.
+    time.sleep(0.1)
+    return WindowAttention.forward(self, x, size)
+
+
+SlowWindowAttention = type("WindowAttention", (WindowAttention,), {"forward": _slow_forward})
+
+
+class PageTower(nn.Module):
+    """Pages in, as a DaViT tower: a patch embedding per stage (the second halves the grid), then its blocks."""
+
+    def __init__(self, first, second):
+        super().__init__()
+        self.embed = nn.Conv2d(3, 16, 2, stride=2)
+        self.down = nn.Conv2d(16, 16, 2, stride=2)
+        self.stages = nn.ModuleList([first, second])
+
+    def forward_features_unpool(self, pages):
+        x = self.embed(pages)
+        for index, stage in enumerate(self.stages):
+            if index:
+                x = self.down(x)
+            size = x.shape[-2:]
+            tokens = x.flatten(2).transpose(1, 2)
+            tokens = tokens + stage(tokens, size)[0]
+            x = tokens.transpose(1, 2).reshape(x.shape)
+        return x.flatten(2).transpose(1, 2)
+
+
+def test_input_grids_are_the_token_grids_each_module_sees():
+    tower = PageTower(WindowAttention(16, 2, 4), WindowAttention(16, 2, 4))
+    grids = input_grids(tower, (40, 28))
+    assert grids == {id(tower.stages[0]): (20, 14), id(tower.stages[1]): (10, 7)}
+    # Hooks gone, weights untouched: the run was a look only.
+    assert not tower.stages[0]._forward_pre_hooks and tower.embed.weight.grad is None
+
+
+def test_a_tower_that_does_not_run_on_a_page_is_switched_untimed():
+    tower = Tower(WindowAttention(16, 2, 4))  # takes token grids, not pages
+    switch = use_sdpa_window_attention(tower, AttentionRun(image_size=(16, 16), batch_size=2))
+    assert switch.switched == 1 and switch.timings == ()
+    assert "did not run on a blank 16x16 page" in switch.untimed
+
+
+def test_only_configurations_faster_through_sdpa_are_switched(monkeypatch):
+    torch.manual_seed(0)
+    run = AttentionRun(image_size=(40, 28), batch_size=2)
+    slow_own = PageTower(SlowWindowAttention(16, 2, 4), SlowWindowAttention(16, 2, 4))
+    switch = use_sdpa_window_attention(slow_own, run)
+    assert switch.switched == 2 and switch.untimed is None
+    assert [t.configuration for t in switch.timings] == [
+        "width 16, 2 heads, window 4, 20x14 tokens", "width 16, 2 heads, window 4, 10x7 tokens",
+    ]
+    assert all(t.sdpa_faster and t.own_ms >= 100 for t in switch.timings)
+    # Timed on copies: the model's own parameters got no gradients from it.
+    assert all(p.grad is None for p in slow_own.parameters())
+
+    real_sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def slow_sdpa(*args, **kwargs):
+        time.sleep(0.2)  # far above the own form's run (a window at a time, in Python), even on a busy machine
+        return real_sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", slow_sdpa)
+    tower = PageTower(WindowAttention(16, 2, 4), WindowAttention(16, 2, 4))
+    switch = use_sdpa_window_attention(tower, run)
+    assert switch.switched == 0 and len(switch.timings) == 2
+    assert not any(t.sdpa_faster for t in switch.timings)
+    assert not any("forward" in vars(stage) for stage in tower.stages)
+
+
+def test_one_timing_per_configuration_and_batches_timed_as_the_device_needs():
+    tower = PageTower(SlowWindowAttention(16, 2, 4), SlowWindowAttention(16, 2, 4))
+    tower.stages[1] = tower.stages[0]  # the same module twice: one configuration per grid still
+    switch = use_sdpa_window_attention(tower, AttentionRun(image_size=(16, 16), batch_size=2))
+    assert [t.modules for t in switch.timings] == [1]  # the module's last call (4x4) is the one recorded
+    cpu = AttentionRun(image_size=(768, 768), batch_size=8)
+    assert cpu.pages_to_time(MIN_TIMED_WINDOWS) == 1 and cpu.pages_to_time(4) == 8 and cpu.pages_to_time(64) == 4
+    assert AttentionRun(image_size=(768, 768), batch_size=8, device="cuda:0").pages_to_time(MIN_TIMED_WINDOWS) == 8
 
 
 SCRIPT = DEMO_TRAINING_STEP + textwrap.dedent(

@@ -152,7 +152,9 @@ class ModelOptions(_Options):
             "Run the DaViT window attention through torch's scaled_dot_product_attention: fused kernels that keep "
             "no attention matrices for backward (at the base shape on a CPU, 13% less kept and the window attention "
             "1.17x faster; bench/RESULTS.md). Each WindowAttention class is switched only if it gives its own "
-            "results on a probe; --no-vision-sdpa keeps the model's code as written."
+            "results on a probe, and each configuration (width, heads, window, token grid) only if it ran faster "
+            "through SDPA when timed at startup on this device, batch and precision (at 6x6 windows on a CPU it "
+            "does not); --no-vision-sdpa keeps the model's code as written."
         ),
     )
 

@@ -338,8 +338,10 @@ def evaluate(config) -> EvalResult:
     from florence_patch.training.model import (
         fix_remote_code,
         load_model_and_processor,
+        page_size,
         run_window_attention_through_sdpa,
     )
+    from florence_patch.training.window_attention import AttentionRun
 
     # Pages are tokenised in DataLoader workers forked from this process; a tokenizer that
     # already ran threads here would be switched to serial there, with a warning per worker.
@@ -362,8 +364,12 @@ def evaluate(config) -> EvalResult:
     code = fix_remote_code(config.model, config.revision)
     dtype = eval_dtype(config.precision)
     model, processor = load_model_and_processor(code, dtype=dtype)
-    sdpa_modules = run_window_attention_through_sdpa(model) if config.vision_sdpa else 0
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    sdpa_modules = 0
+    if config.vision_sdpa:
+        # Generation encodes each batch's pages once, forward only, in the weights' dtype.
+        run = AttentionRun(image_size=page_size(processor), batch_size=config.batch_size, device=str(device), backward=False)
+        sdpa_modules = run_window_attention_through_sdpa(model, run)
     model.to(device)
     predictions = generate_predictions(
         model,

@@ -271,16 +271,34 @@ def checkpoint_vision_layers(model) -> int:
     return wrapped
 
 
-def run_window_attention_through_sdpa(model) -> int:
-    """Switch the DaViT window attention to torch's SDPA (``--vision-sdpa``); returns the modules switched."""
+def run_window_attention_through_sdpa(model, run=None) -> int:
+    """Switch the DaViT window attention to torch's SDPA (``--vision-sdpa``); returns the modules switched.
+
+    ``run`` (a :class:`~florence_patch.training.window_attention.AttentionRun`): switch only the
+    configurations that run faster through SDPA there; None: every module whose class agrees.
+    """
     from florence_patch.training.window_attention import use_sdpa_window_attention
 
-    switch = use_sdpa_window_attention(vision_tower(model))
+    switch = use_sdpa_window_attention(vision_tower(model), run)
+    for timing in switch.timings:
+        logger.info(
+            "vision tower: window attention at %s (%d module%s): own %.1f ms, SDPA %.1f ms -> %s",
+            timing.configuration, timing.modules, "s" if timing.modules != 1 else "", timing.own_ms, timing.sdpa_ms,
+            "SDPA" if timing.sdpa_faster else "its own code",
+        )
     logger.info(
         "vision tower: %d window-attention modules run through scaled_dot_product_attention%s",
         switch.switched, "".join(f"; {name} kept its code ({why})" for name, why in switch.kept),
     )
     return switch.switched
+
+
+def page_size(processor) -> tuple[int, int]:
+    """(height, width) of the ``pixel_values`` the processor makes of a page."""
+    from PIL import Image
+
+    pixels = processor.image_processor(images=[Image.new("RGB", (64, 48))], return_tensors="pt")["pixel_values"]
+    return int(pixels.shape[-2]), int(pixels.shape[-1])
 
 
 def lora_target_modules(model) -> list[str]:
@@ -388,6 +406,7 @@ __all__ = [
     "freeze_vision_tower",
     "import_remote_classes",
     "load_model_and_processor",
+    "page_size",
     "run_window_attention_through_sdpa",
     "lora_target_modules",
     "merge_lora",

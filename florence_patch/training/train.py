@@ -137,7 +137,7 @@ def prepare_model(config: TrainConfig, args):
         florence.import_remote_classes(code)
     model, processor = florence.load_model_and_processor(code)
     if config.vision_sdpa:
-        florence.run_window_attention_through_sdpa(model)
+        florence.run_window_attention_through_sdpa(model, window_attention_run(config, args, processor))
     before = florence.count_parameters(model)
     if config.freeze_vision:
         frozen = florence.freeze_vision_tower(model)
@@ -154,6 +154,23 @@ def prepare_model(config: TrainConfig, args):
         f"{counts.total:,}", f"{counts.trainable:,}", 100 * counts.trainable_fraction, f"{before.trainable:,}",
     )
     return code, model, processor, counts
+
+
+def window_attention_run(config: TrainConfig, args, processor):
+    """Where the vision tower's window attention runs in this training, for timing its two forms."""
+    import torch
+
+    from florence_patch.training.model import page_size
+    from florence_patch.training.window_attention import AttentionRun
+
+    return AttentionRun(
+        image_size=page_size(processor),
+        batch_size=config.batch_size,
+        device=str(args.device),
+        autocast_dtype=torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None,
+        # A frozen tower (--freeze-vision, or LoRA on the language model) is only run forward.
+        backward=not (config.freeze_vision or config.lora),
+    )
 
 
 def group_by_page(config: TrainConfig, train_dataset, model):
