@@ -10,6 +10,11 @@ backward (median of the rounds), the ratio, and the largest output difference.
     .venv/bin/python bench/window_attention.py --shape small                       # CPU, batch 8
     .venv/bin/python bench/window_attention.py --shape base --batch-size 2         # CPU, about a minute
     .venv/bin/python bench/window_attention.py --shape base --device cuda --bf16   # a GPU, batch 8
+    .venv/bin/python bench/window_attention.py --shape small --whole-step          # the model's whole step
+
+``--whole-step``: the same comparison inside the model: whole training steps (forward and
+backward, no optimizer) of two copies of it on one batch of the workload's pages, every window
+attention as written against all of it through SDPA, stepped in turn in one process.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from workload import (  # noqa: E402
 )
 
 TITLE = "window attention (window_attention.py)"
+TASK_PROMPT = "<DocVQA>"
 
 
 def measure(args) -> None:
@@ -95,6 +101,62 @@ def measure(args) -> None:
         }, title=TITLE, save=args.record)
 
 
+def measure_whole_step(args) -> None:
+    """Whole training steps (forward, backward) of two copies of the model on the same batch of
+    pages, one with every window attention as written and one with all of it through SDPA,
+    stepped in turn in one process: what the modules' own figures add up to inside the model."""
+    import copy
+
+    import datasets
+    import torch
+
+    from florence_patch.training.data import Florence2VQACollator
+    from florence_patch.training.model import fix_remote_code, load_model_and_processor, vision_tower
+    from florence_patch.training.window_attention import use_sdpa_window_attention
+
+    device = resolve_device(args.device)
+    shape = SHAPES[args.shape]
+    torch.manual_seed(args.seed)
+    own_model, processor = load_model_and_processor(fix_remote_code(args.model), dtype=torch.float32)
+    sdpa_model = copy.deepcopy(own_model)
+    switched = use_sdpa_window_attention(vision_tower(sdpa_model)).switched
+    models = {"own": own_model.to(device).train(), "sdpa": sdpa_model.to(device).train()}
+    rows = datasets.load_from_disk(args.data)["train"]
+    batch = Florence2VQACollator(processor, task_prompt=TASK_PROMPT)([rows[i % len(rows)] for i in range(args.batch_size)])
+    batch = {key: value.to(device) for key, value in batch.items()}
+    times: dict[str, dict[str, list[float]]] = {name: {"forward": [], "backward": []} for name in models}
+
+    def step(name: str, timed: bool) -> None:
+        model = models[name]
+        context = torch.autocast(device_type=device, dtype=torch.bfloat16) if args.bf16 else contextlib.nullcontext()
+        synchronize(device)
+        started = now()
+        with context:
+            loss = model(**batch).loss
+        synchronize(device)
+        forward_done = now()
+        loss.backward()
+        synchronize(device)
+        if timed:
+            times[name]["forward"].append((forward_done - started) * 1000)
+            times[name]["backward"].append((now() - forward_done) * 1000)
+        model.zero_grad(set_to_none=True)
+
+    for round_index in range(args.rounds + 2):  # two warm-up rounds
+        order = ("own", "sdpa") if round_index % 2 == 0 else ("sdpa", "own")
+        for name in order:
+            step(name, timed=round_index >= 2)
+    median = {name: {phase: statistics.median(values) for phase, values in phases.items()} for name, phases in times.items()}
+    total = {name: sum(phases.values()) for name, phases in median.items()}
+    emit({
+        "what": "window-attention-step", "shape": shape.name, "batch_size": args.batch_size,
+        "precision": "bf16 autocast" if args.bf16 else "fp32", "rounds": args.rounds, "sdpa_modules": switched,
+        "own_forward_ms": round(median["own"]["forward"], 1), "own_backward_ms": round(median["own"]["backward"], 1),
+        "sdpa_forward_ms": round(median["sdpa"]["forward"], 1), "sdpa_backward_ms": round(median["sdpa"]["backward"], 1),
+        "ratio": round(total["own"] / total["sdpa"], 3), "device": device_name(device),
+    }, title=TITLE, save=args.record)
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_arguments(parser, default_shape="small")
@@ -102,6 +164,8 @@ def parse_args(argv=None):
     parser.add_argument("--rounds", type=int, default=5, help="interleaved own/SDPA rounds per stage")
     parser.add_argument("--bf16", action="store_true", help="under bf16 autocast (what train runs on GPUs)")
     parser.add_argument("--workdir", help="work directory (reused when prepared for the same shape)")
+    parser.add_argument("--whole-step", action="store_true",
+                        help="whole training steps of the model, own attention against all of it through SDPA")
     parser.add_argument("--arm", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.rounds < 1:
@@ -112,12 +176,12 @@ def parse_args(argv=None):
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.arm:
-        measure(args)
+        measure_whole_step(args) if args.whole_step else measure(args)
         return
     shape = SHAPES[args.shape]
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix=f"fp-attention-{shape.name}-"))
     workload = prepare(shape, workdir, train_rows=4, eval_rows=4, seed=args.seed)
-    run_measuring_interpreter(__file__, argv, args, workload)
+    run_measuring_interpreter(__file__, argv, args, workload, "--data", str(workload.data_dir))
 
 
 if __name__ == "__main__":

@@ -7,16 +7,16 @@ base shape's first stage a batch of 8 pages holds 2,048 windows x 4 heads x 144 
 computes the same thing in fused kernels (flash / memory-efficient on GPUs, a flash kernel on
 CPUs) and keeps only a log-sum-exp for the backward.
 
-Which form is faster depends on the shapes and the device. On this repository's 2-core CPU,
-forward and backward of one module (bench/window_attention.py, bench/RESULTS.md): at the base shape's
-first stage (192 x 192 tokens, 32 channels a head) SDPA took 1.38x less time, at its later
-stages 1.02-1.07x more; at the small bench shape's 6 x 6 windows (16 channels a head) 1.2-1.6x
-more at every stage, which made a whole training step 6-11 % slower. What a training forward
-keeps for backward falls either way (13 % at the base shape). So when told how the model will
-run (:class:`AttentionRun`: page size, batch, device, mixed precision, whether gradients
-flow), each distinct configuration (width, heads, window, token grid) is timed both ways on a
-copy, as cuDNN's benchmark mode times its algorithms, and switched only where SDPA was faster.
-The GPU figures are still to be measured.
+Which form is faster depends on the shapes and the device. On this repository's 2-core CPU
+(bench/window_attention.py, bench/RESULTS.md) SDPA made the base shape's window attention 1.17x
+faster a tower pass (1.47-1.49x at the first two stages), but at the small bench shape's 6 x 6
+windows (16 channels a head) the modules ran at 0.90-1.03x, and whole training steps of that
+model at 0.99-1.02x, the backward 2-4 % longer. What a training forward keeps for backward falls
+either way (13 % at the base shape). So when told how the model will run
+(:class:`AttentionRun`: page size, batch, device, mixed precision, whether gradients flow), each
+distinct configuration (width, heads, window, token grid) is timed both ways on a copy, as
+cuDNN's benchmark mode times its algorithms, and switched only where SDPA was faster. The GPU
+figures are still to be measured.
 
 The module's ``forward`` is replaced on the instance, as ``checkpoint_vision_layers`` does:
 parameters, state-dict names and the saved remote code stay as they were. The replacement reads
@@ -43,8 +43,9 @@ WINDOW_ATTENTION_CLASS = "WindowAttention"
 _REQUIRED_ATTRIBUTES = ("qkv", "proj", "num_heads", "window_size", "scale")
 # SDPA and the matmul-softmax-matmul chain differ by float rounding only: ~1e-6 in float32.
 PROBE_TOLERANCE = 1e-4
-# Windows timed at least (on a CPU): with fewer, fixed costs decide and the verdict flips with
-# the batch (the small shape's last stage: 4 windows a page, SDPA ahead on one page, 1.3x behind on 8).
+# Windows timed at least (on a CPU): with fewer, fixed costs decide and the verdict can flip with
+# the batch (the small shape's last stage, 4 windows a page: SDPA 2.1 against 2.2 ms on one page,
+# 15.9 against 10.9 ms on eight).
 MIN_TIMED_WINDOWS = 256
 
 
