@@ -231,9 +231,12 @@ _CHILD = textwrap.dedent(
         report["default_generation"] = default_generation(model)
         report["eval_loss"] = eval_loss(model)
         # train/eval run the DaViT window attention through SDPA: the real class must pass its probe
-        from florence_patch.training.window_attention import use_sdpa_window_attention
+        from florence_patch.training.window_attention import input_grids, use_sdpa_window_attention
+        # What startup timing needs first: the token grid each module sees, from the real tower's forward.
+        grids = input_grids(model.vision_tower, (64, 64))
         switch = use_sdpa_window_attention(model)
         report["sdpa_window_attention"] = {
+            "grids": sorted(grids.values(), reverse=True) if isinstance(grids, dict) else grids,
             "switched": switch.switched,
             "kept": [list(k) for k in switch.kept],
             "spatial_blocks": sum(type(m).__name__ == "SpatialBlock" for m in model.modules()),
@@ -499,6 +502,8 @@ def test_transformers5_window_attention_runs_through_sdpa(runs, revision):
     assert "error" not in report, report.get("error")
     switch = report["sdpa_window_attention"]
     assert switch["kept"] == []
+    # One grid per module, a 64 px page's 16x16 tokens after the first stage's stride-4 embedding, halving after.
+    assert [tuple(grid) for grid in switch["grids"]] == [(16, 16), (8, 8), (4, 4), (2, 2)][: switch["spatial_blocks"]]
     assert switch["switched"] == switch["spatial_blocks"] > 0  # one WindowAttention per spatial block
     assert math.isclose(switch["eval_loss"], report["eval_loss"], rel_tol=1e-5, abs_tol=1e-6)
 

@@ -261,8 +261,10 @@ def time_forms(module, grid: tuple[int, int], run: AttentionRun, *, repeats: int
     }
 
     def synchronize() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        # Kernels run asynchronously on an accelerator: wait for them (torch.cuda, torch.mps, torch.xpu).
+        backend = getattr(torch, device.type, None) if device.type != "cpu" else None
+        if backend is not None and callable(getattr(backend, "synchronize", None)):
+            backend.synchronize()
 
     def once(form: str) -> float:
         inputs = x.detach().requires_grad_(run.backward)
