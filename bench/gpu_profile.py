@@ -7,14 +7,15 @@ as a user would), and prints one JSON line per measurement:
 * ``train-step`` -- one optimiser step on a batch already on the device (no data loading), per
   precision: fp32 (as the recipe runs), bf16 autocast (as ``train`` runs on GPUs), and bf16
   autocast under ``torch.compile`` (``--compile``); each first with the DaViT window attention as
-  the model writes it, then through SDPA (`` + vision SDPA``: what ``train`` and ``eval`` run,
-  ``--vision-sdpa``); the compiled step and the evaluation lines are with SDPA. Wall ms per step, the process's CPU ms per
+  the model writes it, then as ``train`` runs it (`` + vision SDPA``, ``--vision-sdpa``: each
+  configuration through SDPA where it was faster timed here, the ``vision-sdpa`` line says which);
+  the compiled step and the evaluation lines are as train runs it. Wall ms per step, the process's CPU ms per
   step, and on CUDA the kernels' own time per step and the kernel launches per step (one
   profiled step, torch.profiler): when the kernels' time is far below the wall time and the CPU
   time matches the wall time, the step is bound by launching kernels from Python, not by the GPU.
   ``aten_ops_per_step`` (uncompiled steps): the aten operators one step dispatches below autograd.
 * ``saved-for-backward`` -- what one training forward keeps for the backward, with the model's own
-  window attention and through SDPA.
+  window attention and as ``train`` runs it.
 * ``eval-loader`` -- the evaluation DataLoader alone (decode, resize, tokenise), with and without
   worker processes: seconds to the first batch and to the last.
 * ``eval-model-only`` -- the model's share: generation on batches prepared beforehand.
@@ -379,7 +380,7 @@ def profile_arm(args) -> None:
             "timings": [{"configuration": t.configuration, "modules": t.modules, "own_ms": t.own_ms,
                          "sdpa_ms": t.sdpa_ms} for t in switch.timings]})
     if args.train:
-        saved_for_backward(device, model, batch, record, attention="SDPA")
+        saved_for_backward(device, model, batch, record, attention=f"SDPA at {switch.switched} modules")
         profile_training(args, device, model, batch, record, label=" + vision SDPA")
     if args.eval:
         profile_evaluation(args, device, model.eval(), processor, rows, record)
