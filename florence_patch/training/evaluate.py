@@ -365,12 +365,12 @@ def evaluate(config) -> EvalResult:
     dtype = eval_dtype(config.precision)
     model, processor = load_model_and_processor(code, dtype=dtype)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
     sdpa_modules = 0
     if config.vision_sdpa:
         # Generation encodes each batch's pages once, forward only, in the weights' dtype.
         run = AttentionRun(image_size=page_size(processor), batch_size=config.batch_size, device=str(device), backward=False)
         sdpa_modules = run_window_attention_through_sdpa(model, run)
-    model.to(device)
     predictions = generate_predictions(
         model,
         processor,
