@@ -350,6 +350,7 @@ def profile_arm(args) -> None:
         fix_remote_code,
         load_model_and_processor,
         page_size,
+        run_window_attention_through_sdpa,
     )
 
     device = resolve_device(args.device)
@@ -368,14 +369,13 @@ def profile_arm(args) -> None:
         profile_training(args, device, model, batch, record)  # the DaViT attention as the model writes it
     # What train runs (--vision-sdpa, its default) from here on: each configuration SDPA makes faster
     # here, timed as train times it (bf16 autocast on a GPU, as the steps below).
-    from florence_patch.training.model import vision_tower
-    from florence_patch.training.window_attention import AttentionRun, use_sdpa_window_attention
+    from florence_patch.training.window_attention import AttentionRun
 
     run = AttentionRun(
         image_size=page_size(processor), batch_size=args.batch_size, device=device,
         autocast_dtype=torch.bfloat16 if device == "cuda" else None, backward=True,
     )
-    switch = use_sdpa_window_attention(vision_tower(model), run)
+    switch = run_window_attention_through_sdpa(model, run)
     record({"what": "vision-sdpa", "switched": switch.switched, "untimed": switch.untimed,
             "timings": [{"configuration": t.configuration, "modules": t.modules, "own_ms": t.own_ms,
                          "sdpa_ms": t.sdpa_ms} for t in switch.timings]})

@@ -135,12 +135,12 @@ SlowWindowAttention = type("WindowAttention", (WindowAttention,), {"forward": _s
 
 
 class PageTower(nn.Module):
-    """Pages in, as a DaViT tower: a patch embedding per stage (the second halves the grid), then its blocks."""
+    """Pages in, as a DaViT tower: a patch embedding, then its stages (each after the first halves the grid)."""
 
-    def __init__(self, first, second):
+    def __init__(self, first, second, *, halve: bool = True):
         super().__init__()
         self.embed = nn.Conv2d(3, 16, 2, stride=2)
-        self.down = nn.Conv2d(16, 16, 2, stride=2)
+        self.down = nn.Conv2d(16, 16, 2, stride=2) if halve else nn.Identity()
         self.stages = nn.ModuleList([first, second])
 
     def forward_features_unpool(self, pages):
@@ -198,10 +198,11 @@ def test_only_configurations_faster_through_sdpa_are_switched(monkeypatch):
 
 
 def test_one_timing_per_configuration_and_batches_timed_as_the_device_needs():
-    tower = PageTower(SlowWindowAttention(16, 2, 4), SlowWindowAttention(16, 2, 4))
-    tower.stages[1] = tower.stages[0]  # the same module twice: one configuration per grid still
+    # Two modules on the same grid with the same width, heads and window: timed once, both switched.
+    tower = PageTower(SlowWindowAttention(16, 2, 4), SlowWindowAttention(16, 2, 4), halve=False)
     switch = use_sdpa_window_attention(tower, AttentionRun(image_size=(16, 16), batch_size=2))
-    assert [t.modules for t in switch.timings] == [1]  # the module's last call (4x4) is the one recorded
+    assert [(t.configuration, t.modules) for t in switch.timings] == [("width 16, 2 heads, window 4, 8x8 tokens", 2)]
+    assert switch.switched == 2
     cpu = AttentionRun(image_size=(768, 768), batch_size=8)
     assert cpu.pages_to_time(MIN_TIMED_WINDOWS) == 1 and cpu.pages_to_time(4) == 8 and cpu.pages_to_time(64) == 4
     assert AttentionRun(image_size=(768, 768), batch_size=8, device="cuda:0").pages_to_time(MIN_TIMED_WINDOWS) == 8
@@ -213,7 +214,7 @@ SCRIPT = DEMO_TRAINING_STEP + textwrap.dedent(
 
     names_before = list(model.state_dict())
     loss_own, kept_own, grads_own = step()
-    switched = run_window_attention_through_sdpa(model)
+    switched = run_window_attention_through_sdpa(model).switched
     loss_sdpa, kept_sdpa, grads_sdpa = step()
     checkpoint_vision_layers(model)  # --gradient-checkpointing recomputes the SDPA forward in backward
     loss_both, _, grads_both = step()

@@ -370,7 +370,7 @@ def evaluate(config) -> EvalResult:
     if config.vision_sdpa:
         # Generation encodes each batch's pages once, forward only, in the weights' dtype.
         run = AttentionRun(image_size=page_size(processor), batch_size=config.batch_size, device=str(device), backward=False)
-        sdpa_modules = run_window_attention_through_sdpa(model, run)
+        sdpa_modules = run_window_attention_through_sdpa(model, run).switched
     predictions = generate_predictions(
         model,
         processor,

@@ -271,8 +271,9 @@ def checkpoint_vision_layers(model) -> int:
     return wrapped
 
 
-def run_window_attention_through_sdpa(model, run=None) -> int:
-    """Switch the DaViT window attention to torch's SDPA (``--vision-sdpa``); returns the modules switched.
+def run_window_attention_through_sdpa(model, run=None):
+    """Switch the DaViT window attention to torch's SDPA (``--vision-sdpa``), logging what was done;
+    returns the :class:`~florence_patch.training.window_attention.WindowAttentionSwitch`.
 
     ``run`` (a :class:`~florence_patch.training.window_attention.AttentionRun`): switch only the
     configurations that run faster through SDPA there; None: every module whose class agrees.
@@ -290,7 +291,7 @@ def run_window_attention_through_sdpa(model, run=None) -> int:
         "vision tower: %d window-attention modules run through scaled_dot_product_attention%s",
         switch.switched, "".join(f"; {name} kept its code ({why})" for name, why in switch.kept),
     )
-    return switch.switched
+    return switch
 
 
 def page_size(processor) -> tuple[int, int]:
