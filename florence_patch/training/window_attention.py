@@ -262,6 +262,10 @@ def time_forms(module, grid: tuple[int, int], run: AttentionRun, *, repeats: int
 
     def synchronize() -> None:
         # Kernels run asynchronously on an accelerator: wait for them (torch.cuda, torch.mps, torch.xpu).
+        # CUDA is told which device: a rank of torchrun may time on cuda:k before making it current.
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            return
         backend = getattr(torch, device.type, None) if device.type != "cpu" else None
         if backend is not None and callable(getattr(backend, "synchronize", None)):
             backend.synchronize()
