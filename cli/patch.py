@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import gc
 from typing import Annotated
 
 import typer
@@ -10,6 +12,25 @@ from .options import AllFixesOpt, CacheDirOpt, FixOpt, FormatOpt, ModelArg, Outp
 from .output import emit, info, warn
 
 STATUS_COLUMNS = ("model", "revision", "commit", "state", "pending", "path", "backup")
+
+
+_FROZEN_AT_EXIT = False
+
+
+def _skip_final_collections() -> None:
+    """Freeze the collector at exit, before interpreter shutdown runs its full passes.
+
+    Shutdown collects cycles over everything still alive; after a libcst run (~460 matcher
+    dataclasses, parsed trees) that took 0.25-0.3 s of a 2.5 s first ``status`` on code the
+    shipped table does not know. ``gc.freeze()`` moves those objects out of the collector's
+    sight. ``status`` and ``apply`` close their files and release their locks themselves, so
+    nothing waits on a collection. An atexit hook, not a freeze now: a process that goes on
+    (a test session calling the app) keeps collecting as usual.
+    """
+    global _FROZEN_AT_EXIT
+    if not _FROZEN_AT_EXIT:
+        atexit.register(gc.freeze)
+        _FROZEN_AT_EXIT = True
 
 
 def _short_list(ids, shown: int = 2) -> str:
@@ -67,6 +88,7 @@ def status(
     all_fixes: AllFixesOpt = False,
 ) -> None:
     """List every Florence-2 remote-code copy transformers would import, and its state."""
+    _skip_final_collections()
     from florence_patch.patching import assess
 
     fixes = _fixes(fix, all_fixes)
@@ -90,6 +112,7 @@ def apply(
     fmt: FormatOpt = OutputFormat.table,
 ) -> None:
     """Fix every matching copy (backed up, atomic, locked); --check makes it a CI gate."""
+    _skip_final_collections()
     from florence_patch.errors import UsageError
     from florence_patch.patching import CopyState, apply_all, plan_fix
 

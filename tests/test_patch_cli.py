@@ -301,3 +301,23 @@ def test_apply_reports_a_failed_materialization_and_writes_no_fix(tiny_repo, hf_
         patching.apply_all([plan])
     assert not (modules_copy(hf_home) / "modeling_florence2.py").exists()
     assert not list(modules_copy(hf_home).rglob("manifest*"))
+
+
+def test_status_and_apply_freeze_the_collector_at_exit_only(tiny_repo, hf_home, monkeypatch):
+    """status/apply skip shutdown's collections (a libcst run leaves ~0.3 s of them), but only at
+    exit: the calling process keeps collecting, and the hook is registered once."""
+    import atexit
+    import gc
+
+    import florence_patch.cli.patch as patch_cli
+
+    registered = []
+    monkeypatch.setattr(atexit, "register", lambda function, *a, **k: registered.append(function))
+    frozen_before = gc.get_freeze_count()
+    for args, exit_code in ((["status"], 0), (["apply", "--check"], 1)):  # the tiny repo needs fixes
+        monkeypatch.setattr(patch_cli, "_FROZEN_AT_EXIT", False)
+        registered.clear()
+        assert cli(*args).exit_code == exit_code
+        assert cli(*args).exit_code == exit_code
+        assert registered == [gc.freeze], args
+    assert gc.get_freeze_count() == frozen_before
