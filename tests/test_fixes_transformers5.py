@@ -26,7 +26,7 @@ from florence_patch.fixes.forced_bos_getattr import ReadForcedBosWithGetattr
 from florence_patch.fixes.generation_cache import AcceptCacheInPrepareInputs
 from florence_patch.fixes.generation_defaults_config import RecordGenerationDefaults
 from florence_patch.fixes.generation_defaults_model import ApplyGenerationDefaults
-from florence_patch.fixes.generation_mixin import InheritGenerationMixin
+from florence_patch.fixes.generation_mixin import InheritGenerationMixin, MultimodalInheritsGenerationMixin
 from florence_patch.fixes.image_processor_options import DropNoneImageOptions
 from florence_patch.fixes.output_base_class import DeriveOutputFromSeq2SeqLMOutput
 from florence_patch.fixes.output_class import AddLossLogitsToOutput
@@ -824,6 +824,49 @@ CASES["prompt-padding-mask"] = Case(
     ),
 )
 
+# --- 4.50 on: the multimodal model inherits GenerationMixin too ---------------------------------
+# (the language model has it already, as upstream f928440 gave it: the import is not added twice)
+_MULTIMODAL_BEFORE = _MIXIN_FIXED + _src(
+    """
+
+
+    class Florence2ForConditionalGeneration(Florence2PreTrainedModel):
+        def generate(self, input_ids, inputs_embeds=None, **kwargs):
+            return self.language_model.generate(input_ids=None, inputs_embeds=inputs_embeds, **kwargs)
+    """
+)
+_MULTIMODAL_AFTER = _MULTIMODAL_BEFORE.replace(
+    "class Florence2ForConditionalGeneration(Florence2PreTrainedModel):",
+    "class Florence2ForConditionalGeneration(Florence2PreTrainedModel, GenerationMixin):",
+)
+CASES["multimodal-generation-mixin"] = Case(
+    MultimodalInheritsGenerationMixin,
+    MODELING,
+    before=_MULTIMODAL_BEFORE,
+    after=_MULTIMODAL_AFTER,
+    absent=_MIXIN_FIXED,
+    unrecognized="class Florence2ForConditionalGeneration(metaclass=Meta):\n    pass\n",
+)
+
+
+def test_multimodal_mixin_imports_it_when_the_language_model_lacks_it():
+    before = _src(
+        """
+        from transformers.modeling_utils import PreTrainedModel
+
+
+        class Florence2ForConditionalGeneration(Florence2PreTrainedModel):
+            pass
+        """
+    )
+    fix = CASES["multimodal-generation-mixin"].fix
+    result = fix.run(before)
+    assert result.outcome is FixOutcome.NEEDED
+    assert result.code.count("from transformers.generation.utils import GenerationMixin\n") == 1
+    assert "class Florence2ForConditionalGeneration(Florence2PreTrainedModel, GenerationMixin):" in result.code
+    assert fix.run(result.code).outcome is FixOutcome.PRESENT
+
+
 @pytest.fixture(params=sorted(CASES), ids=sorted(CASES))
 def case(request) -> Case:
     return CASES[request.param]
@@ -842,6 +885,7 @@ REGISTERED = {
     "generation-cache": AcceptCacheInPrepareInputs,
     "generation-mixin": InheritGenerationMixin,
     "generation-defaults-model": ApplyGenerationDefaults,
+    "multimodal-generation-mixin": MultimodalInheritsGenerationMixin,
     "output-embeddings": DelegateOutputEmbeddings,
     "prompt-padding-mask": PassPromptMaskToMerge,
     "extra-special-tokens": ReadExtraSpecialTokensWhenRenamed,

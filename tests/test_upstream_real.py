@@ -57,6 +57,7 @@ TRANSFORMERS5_FIX_IDS = (
     "generation-cache",
     "generation-mixin",
     "generation-defaults-model",
+    "multimodal-generation-mixin",
     "output-embeddings",
     "extra-special-tokens",
     "image-processor-options",

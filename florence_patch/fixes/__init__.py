@@ -46,6 +46,9 @@ ALL_FIXES: tuple[Fix, ...] = (
         _MODELING, ".generation_mixin:InheritGenerationMixin", min_transformers="4.50"),
     Fix("generation-defaults-model", "Language model's generation config gets the recorded Florence-2 defaults",
         _MODELING, ".generation_defaults_model:ApplyGenerationDefaults", min_transformers="5.0"),
+    # 4.50 on: a second load in one process builds the class without the mixin transformers adds on the first.
+    Fix("multimodal-generation-mixin", "Multimodal model inherits GenerationMixin, so a second load in a process builds the same class",
+        _MODELING, ".generation_mixin:MultimodalInheritsGenerationMixin", min_transformers="4.50"),
     # 4.x only: a safetensors save drops lm_head as a tied copy and 4.x never re-ties it on reload
     # (the top model has no get_output_embeddings), so a fine-tune comes back with a random head.
     Fix("output-embeddings", "Multimodal model delegates get_output_embeddings so 4.x re-ties lm_head on reload",

@@ -1,10 +1,19 @@
-"""M6: ``... has no attribute 'generate'`` (revisions before upstream's f928440).
+"""M6: ``... has no attribute 'generate'`` (revisions before upstream's f928440), and its sequel.
 
 Since transformers 4.50, ``PreTrainedModel`` no longer inherits ``GenerationMixin``; the
 multimodal model's ``generate`` calls ``self.language_model.generate(...)``, which no longer
 exists. ``GenerationMixin`` is added as the last base of the language-model class and imported
 from ``transformers.generation.utils``, which is what upstream did later (f928440); files that
 already have it are left alone.
+
+Upstream never gave the multimodal model (``Florence2ForConditionalGeneration``) the mixin.
+transformers' auto class adds it on the fly to a remote-code class that defines ``generate``,
+but only the first time a process loads the model: it registers the bare class, and a second
+``from_pretrained`` in the same process (``train`` reloading its best checkpoint, ``eval`` after
+``train``) builds the bare class. That model answers ``can_generate()`` False from 4.52 on (True
+from 4.50), gets no generation config, and transformers logs a six-line "has generative
+capabilities" warning on every ``can_generate()`` call, three per load. With the mixin in the
+code, every load builds the class the first load built.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ from ._cst import base_names, dotted_name, insert_import_after_imports, module_b
 from .base import FlorenceCodemod, UnrecognizedCode
 
 LANGUAGE_MODEL = "Florence2LanguageForConditionalGeneration"
+MULTIMODAL_MODEL = "Florence2ForConditionalGeneration"
 MIXIN = "GenerationMixin"
 MIXIN_MODULE = "transformers.generation.utils"
 # The import goes right after this one, as upstream placed it.
@@ -37,7 +47,8 @@ def _imports(statement: cst.BaseStatement, module_name: str, name: str) -> bool:
 
 class InheritGenerationMixin(FlorenceCodemod):
     DESCRIPTION = "Add GenerationMixin as a base of the language model so it can generate on transformers>=4.50."
-    SCOPE = frozenset({LANGUAGE_MODEL})
+    TARGET = LANGUAGE_MODEL
+    SCOPE = frozenset({TARGET})
     METHODS = frozenset()  # only the class bases change
 
     def __init__(self, context) -> None:
@@ -46,13 +57,13 @@ class InheritGenerationMixin(FlorenceCodemod):
         self.added = False
 
     def leave_ClassDef(self, original_node: cst.ClassDef, updated_node: cst.ClassDef) -> cst.ClassDef:
-        if updated_node.name.value != LANGUAGE_MODEL:
+        if updated_node.name.value != self.TARGET:
             return updated_node
         self.found = True
         if MIXIN in base_names(updated_node):
             return updated_node
         if not updated_node.bases or updated_node.keywords:
-            raise UnrecognizedCode(f"{LANGUAGE_MODEL} has no base classes or uses class keywords")
+            raise UnrecognizedCode(f"{self.TARGET} has no base classes or uses class keywords")
         bases = list(updated_node.bases)
         last = bases[-1]
         bases[-1] = last.with_changes(comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" ")))
@@ -62,7 +73,7 @@ class InheritGenerationMixin(FlorenceCodemod):
 
     def leave_Module(self, original_node: cst.Module, updated_node: cst.Module) -> cst.Module:
         if not self.found:
-            raise SkipFile(f"no {LANGUAGE_MODEL} class in this file")
+            raise SkipFile(f"no {self.TARGET} class in this file")
         if not self.added or module_binds_name(updated_node, MIXIN):
             return updated_node
         body = list(updated_node.body)
@@ -71,3 +82,9 @@ class InheritGenerationMixin(FlorenceCodemod):
             return insert_import_after_imports(updated_node, f"from {MIXIN_MODULE} import {MIXIN}\n")
         body.insert(anchor + 1, cst.parse_statement(f"from {MIXIN_MODULE} import {MIXIN}\n"))
         return updated_node.with_changes(body=body)
+
+
+class MultimodalInheritsGenerationMixin(InheritGenerationMixin):
+    DESCRIPTION = "Add GenerationMixin as a base of the multimodal model, so every load builds the class the first built."
+    TARGET = MULTIMODAL_MODEL
+    SCOPE = frozenset({TARGET})
