@@ -9,11 +9,11 @@ already have it are left alone.
 Upstream never gave the multimodal model (``Florence2ForConditionalGeneration``) the mixin.
 transformers' auto class adds it on the fly to a remote-code class that defines ``generate``,
 but only the first time a process loads the model: it registers the bare class, and a second
-``from_pretrained`` in the same process (``train`` reloading its best checkpoint, ``eval`` after
-``train``) builds the bare class. That model answers ``can_generate()`` False from 4.52 on (True
-from 4.50), gets no generation config, and transformers logs a six-line "has generative
-capabilities" warning on every ``can_generate()`` call, three per load. With the mixin in the
-code, every load builds the class the first load built.
+``from_pretrained`` in the same process (the demo's evaluations around its training, a notebook
+that loads twice) builds the bare class. From 4.52 that model answers ``can_generate()`` False,
+gets no generation config, and transformers logs a six-line "has generative capabilities"
+warning on every ``can_generate()`` call, three per load (4.50 and 4.51: True, warned once).
+With the mixin in the code, every load builds the class the first load built.
 """
 
 from __future__ import annotations
