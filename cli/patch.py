@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import functools
 import gc
 from typing import Annotated
 
@@ -14,9 +15,7 @@ from .output import emit, info, warn
 STATUS_COLUMNS = ("model", "revision", "commit", "state", "pending", "path", "backup")
 
 
-_FROZEN_AT_EXIT = False
-
-
+@functools.cache  # registered once however often a process runs the commands
 def _skip_final_collections() -> None:
     """Freeze the collector at exit, before interpreter shutdown runs its full passes.
 
@@ -27,10 +26,7 @@ def _skip_final_collections() -> None:
     nothing waits on a collection. An atexit hook, not a freeze now: a process that goes on
     (a test session calling the app) keeps collecting as usual.
     """
-    global _FROZEN_AT_EXIT
-    if not _FROZEN_AT_EXIT:
-        atexit.register(gc.freeze)
-        _FROZEN_AT_EXIT = True
+    atexit.register(gc.freeze)
 
 
 def _short_list(ids, shown: int = 2) -> str:

@@ -315,7 +315,7 @@ def test_status_and_apply_freeze_the_collector_at_exit_only(tiny_repo, hf_home, 
     monkeypatch.setattr(atexit, "register", lambda function, *a, **k: registered.append(function))
     frozen_before = gc.get_freeze_count()
     for args, exit_code in ((["status"], 0), (["apply", "--check"], 1)):  # the tiny repo needs fixes
-        monkeypatch.setattr(patch_cli, "_FROZEN_AT_EXIT", False)
+        patch_cli._skip_final_collections.cache_clear()
         registered.clear()
         assert cli(*args).exit_code == exit_code
         assert cli(*args).exit_code == exit_code
