@@ -40,7 +40,6 @@ from workload import (  # noqa: E402
 )
 
 TITLE = "window attention (window_attention.py)"
-TASK_PROMPT = "<DocVQA>"
 
 
 def measure(args) -> None:
@@ -122,7 +121,7 @@ def measure_whole_step(args) -> None:
     switched = use_sdpa_window_attention(vision_tower(sdpa_model)).switched
     models = {"own": own_model.to(device).train(), "sdpa": sdpa_model.to(device).train()}
     rows = datasets.load_from_disk(args.data)["train"]
-    batch = Florence2VQACollator(processor, task_prompt=TASK_PROMPT)([rows[i % len(rows)] for i in range(args.batch_size)])
+    batch = Florence2VQACollator(processor)([rows[i % len(rows)] for i in range(args.batch_size)])
     batch = {key: value.to(device) for key, value in batch.items()}
     times: dict[str, dict[str, list[float]]] = {name: {"forward": [], "backward": []} for name in models}
 
