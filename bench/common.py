@@ -23,6 +23,11 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} CPU cores, no GPU"
 
 
+def load_average() -> list[float]:
+    """The machine's 1, 5 and 15 minute load: on a shared 2-core VM, what explains a slow run."""
+    return [round(value, 2) for value in os.getloadavg()]
+
+
 def report(record: dict, *, title: str) -> None:
     """Print one JSON line and append it to RESULTS.md under a dated heading for this run."""
     line = json.dumps(record, sort_keys=False)

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import load_average  # noqa: E402
 from workload import (  # noqa: E402
     add_common_arguments,
     add_our_arm_arguments,
@@ -52,7 +53,6 @@ from workload import (  # noqa: E402
     PeakMemory,
     Workload,
     device_name,
-    load_average,
     now,
     prepare,
     print_arm_result,

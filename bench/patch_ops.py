@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import report  # noqa: E402
+from common import load_average, report  # noqa: E402
 
 CLI = [sys.executable, "-m", "florence_patch.cli.main"]
 
@@ -74,7 +74,7 @@ def main() -> None:
             status_after = timed(["status"], env)
             check = timed(["apply", "--check"], env)
             revert = timed(["revert"], env)
-            common = {"copies": size, "source": source}
+            common = {"copies": size, "source": source, "load_avg": load_average()}
             report({"what": "status", "cold_s": round(cold, 3), "warm_s": round(warm, 3), "goal_s": 2.0,
                     "meets_goal": max(cold, warm) < 2.0, **common}, title=title)
             report({"what": "apply", "seconds": round(apply, 3), "goal_s": 10.0, "meets_goal": apply < 10.0, **common},

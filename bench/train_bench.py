@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import load_average  # noqa: E402
 from lockstep import LockstepError, Turns, run_in_lockstep  # noqa: E402
 from workload import (  # noqa: E402
     BENCH_DIR,
@@ -53,7 +54,6 @@ from workload import (  # noqa: E402
     Workload,
     count_train_flops,
     device_name,
-    load_average,
     peak_tflops,
     prepare,
     print_arm_result,

@@ -501,10 +501,6 @@ def peak_tflops(device_label: str, precision: str) -> float | None:
     return None
 
 
-def load_average() -> list[float]:
-    return [round(value, 2) for value in os.getloadavg()]
-
-
 def now() -> float:
     return time.perf_counter()
 
