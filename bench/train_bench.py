@@ -177,6 +177,7 @@ def ours_arm(args) -> dict[str, Any]:
     import transformers.trainer as trainer_module
     from transformers import TrainerCallback
 
+    from florence_patch.training import model as florence_model
     from florence_patch.training.config import TrainConfig, resolve_num_workers, resolve_precision
     from florence_patch.training.train import train
 
@@ -228,6 +229,15 @@ def ours_arm(args) -> dict[str, Any]:
 
     # train() builds its own Trainer; DEFAULT_CALLBACKS is where every Trainer takes its first callbacks from.
     trainer_module.DEFAULT_CALLBACKS = [*trainer_module.DEFAULT_CALLBACKS, StepTimer()]
+    # What the startup timing chose for the window attention (it can differ from process to process).
+    switches = []
+    switch_window_attention = florence_model.run_window_attention_through_sdpa
+
+    def recording_switch(model, run=None):
+        switches.append(switch_window_attention(model, run))
+        return switches[-1]
+
+    florence_model.run_window_attention_through_sdpa = recording_switch
     overrides: dict[str, Any] = {}
     if args.num_workers is not None:
         overrides["num_workers"] = args.num_workers
@@ -264,7 +274,19 @@ def ours_arm(args) -> dict[str, Any]:
         "flops_per_sample": None,
         "device_name": device_name(device),
         "questions_per_encoded_page": result.train_metrics.get("train_questions_per_encoded_page"),
+        "window_attention_sdpa": window_attention_choice(switches),
     }
+
+
+def window_attention_choice(switches) -> str | None:
+    """'SDPA in k of n modules' (with each configuration's own/SDPA ms when timed), or None
+    when the run kept the model's code (--no-vision-sdpa)."""
+    if not switches:
+        return None
+    switch = switches[-1]
+    total = sum(timing.modules for timing in switch.timings) or switch.switched
+    timed = "; ".join(f"{t.own_ms:.1f}/{t.sdpa_ms:.1f} ms" for t in switch.timings)
+    return f"SDPA in {switch.switched} of {total} modules" + (f" (own/SDPA: {timed})" if timed else "")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -321,6 +343,8 @@ def _record(args, workload: Workload, device: str, arm: str, pair: int | None, r
         record["workers_rss_mib"] = result["workers_rss_mib"]
     if result.get("ms_per_step"):
         record["ms_per_step"] = result["ms_per_step"]
+    if result.get("window_attention_sdpa"):
+        record["window_attention_sdpa"] = result["window_attention_sdpa"]
     record.update(extra)
     record["load_avg"] = load_average()
     return record
