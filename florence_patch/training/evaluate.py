@@ -347,8 +347,11 @@ def evaluate(config) -> EvalResult:
     # already ran threads here would be switched to serial there, with a warning per worker.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     started = time.perf_counter()
+    from florence_patch.training.host_memory import keep_freed_memory
     from florence_patch.training.model import cap_cpu_threads
 
+    if not torch.cuda.is_available():
+        keep_freed_memory()
     dataset = limit_rows(
         load_vqa_split(
             config.dataset,

@@ -337,6 +337,7 @@ def train(config: TrainConfig) -> TrainResult:
     from transformers import set_seed
 
     from florence_patch.training.data import Florence2VQACollator
+    from florence_patch.training.host_memory import keep_freed_memory
     from florence_patch.training.model import cap_cpu_threads, code_directory, merge_lora
 
     # Pages are tokenised in DataLoader workers forked from this process; a tokenizer that
@@ -346,6 +347,8 @@ def train(config: TrainConfig) -> TrainResult:
     args = to_training_arguments(config)
     cap_cpu_threads(args.dataloader_num_workers)
     configure_logging(args)
+    if args.device.type == "cpu":
+        keep_freed_memory()
     resume_from = checkpoint_to_resume(config)
     if resume_from:
         logger.info("resuming from %s", resume_from)
