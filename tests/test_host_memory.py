@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 import subprocess
 import sys
 import textwrap
 
 import pytest
 
-from florence_patch.training.host_memory import allocator_choice_of_user
-
-GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+from florence_patch.training.host_memory import allocator_choice_of_user, on_glibc
 
 
 @pytest.mark.parametrize(
@@ -59,7 +56,7 @@ MMAPPED_AFTER_MALLOC = textwrap.dedent(
 
 
 def _has_mallinfo2() -> bool:
-    return GLIBC and hasattr(ctypes.CDLL("libc.so.6"), "mallinfo2")
+    return on_glibc() and hasattr(ctypes.CDLL("libc.so.6"), "mallinfo2")
 
 
 @pytest.mark.skipif(not _has_mallinfo2(), reason="needs glibc >= 2.33 (mallinfo2)")

@@ -48,13 +48,18 @@ def allocator_choice_of_user(environ=None) -> str | None:
     return None
 
 
+def on_glibc() -> bool:
+    """Whether this process's ``malloc`` is glibc's on Linux (the only one these settings are for)."""
+    return sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+
+
 def keep_freed_memory() -> bool:
     """Fix glibc's mmap and trim thresholds for this process (see the module's docstring).
 
     Returns whether they were set: False off Linux/glibc, when the user's environment already
     decides, or when ``mallopt`` refuses.
     """
-    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+    if not on_glibc():
         return False
     chosen = allocator_choice_of_user()
     if chosen is not None:
